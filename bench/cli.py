@@ -1,0 +1,208 @@
+"""The sqvae-bench command line: thin subcommands over the library.
+
+Exit codes: 0 success, 1 some cells failed, 2 usage, config or data error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError, ConfigError
+
+DEFAULT_RUNS = Path("runs")
+DEFAULT_RESULTS = Path("results")
+
+
+def _suite_parts(args):
+    from bench.suite import expand, load_suite, parse_only, select
+
+    suite = load_suite(args.suite)
+    cells = select(expand(suite), parse_only(args.only))
+    if not cells:
+        raise ConfigError(f"--only {args.only!r} selects no cell of suite '{suite.name}'")
+    return suite, cells
+
+
+def cmd_run(args) -> int:
+    from bench.run import RunEnv
+    from bench.scheduler import run_cells
+    from bench.tables import write_tables
+    from bench.tracking import Tracker, resolve_tracking_uri, ui_command
+
+    suite, cells = _suite_parts(args)
+    output = Path(args.output or DEFAULT_RUNS / suite.name)
+    if args.dry_run:
+        _print_grid(suite, cells, output)
+        return 0
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1; got {args.workers}")
+    env = RunEnv(device=args.device, data_root=args.data_root, download=args.download,
+                 fid_cache=str(output / "fid_cache"), fid_weights=args.fid_weights)
+    tracker, uri = None, None
+    if not args.no_tracking:
+        uri = resolve_tracking_uri(args.tracking_uri, output)
+        tracker = Tracker(uri, experiment_name=f"sqvae-bench/{suite.name}")
+        tracker.start_suite(suite.name, {"suite_file": str(suite.source), "cells": len(cells), "workers": args.workers},
+                            {"suite": suite.name})
+    summary = run_cells(suite, cells, output, workers=args.workers, env=env, tracker=tracker, rerun=args.rerun,
+                        progress=not args.no_progress)
+    if tracker is not None:
+        tracker.finish_suite("failed" if summary.failed else "completed",
+                             {"completed": len(summary.completed), "skipped": len(summary.skipped),
+                              "failed": len(summary.failed), "seconds": summary.seconds})
+    print(f"\n{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} already done, "
+          f"{len(summary.failed)} failed in {summary.seconds:.0f} s")
+    for cell_id, reason in summary.failed.items():
+        print(f"  FAILED {cell_id}: {reason} (see {output / 'cells' / cell_id / 'status.json'})")
+    written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name), metrics=list(suite.metrics) or None)
+    print("\n" + written["markdown"])
+    print(f"Tables and plot: {Path(args.results or DEFAULT_RESULTS / suite.name)}/")
+    print(f"Cell folders: {output / 'cells'}/")
+    if uri is not None:
+        print(f"MLflow: {ui_command(uri)}")
+    return summary.exit_code
+
+
+def _print_grid(suite, cells, output: Path) -> None:
+    from bench import store
+
+    print(f"suite {suite.name} ({suite.source}): {len(cells)} cells -> {output}")
+    for cell in cells:
+        status = store.read_status(store.cell_dir(output, cell.cell_id))["status"]
+        opts = cell.config.model_options
+        print(f"  {cell.cell_id:60s} {status:9s} K={opts['size_dict']} d={opts['dim_dict']} "
+              f"epochs={cell.config.train.epochs} max_steps={cell.config.train.max_steps}")
+
+
+def cmd_show(args) -> int:
+    import json
+
+    suite, cells = _suite_parts(args)
+    if args.json:
+        print(json.dumps([{"cell_id": c.cell_id, **c.config.to_dict()} for c in cells], indent=2))
+    else:
+        _print_grid(suite, cells, Path(args.output or DEFAULT_RUNS / suite.name))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from bench.suite import load_suite
+    from bench.tables import write_tables
+
+    target = Path(args.target)
+    if (target / "cells").is_dir():
+        output, name = target, target.name
+    else:
+        suite = load_suite(args.target)
+        output, name = Path(args.output or DEFAULT_RUNS / suite.name), suite.name
+    if not (output / "cells").is_dir():
+        raise ConfigError(f"no results in {output} (expected {output / 'cells'}/); run the suite first")
+    metrics = args.metrics.split(",") if args.metrics else None
+    results = Path(args.results or DEFAULT_RESULTS / name)
+    written = write_tables(output, results, baseline=args.baseline, metrics=metrics, reference=args.reference)
+    print(written["markdown"])
+    print(f"\nWritten to {results}/")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from bench.data import dataset_names
+    from bench.metrics import METRICS
+    from bench.models import MODELS
+    from bench.suite import shipped_suites
+
+    sections = {
+        "models": [f"{n:14s} {MODELS.get(n).description}" for n in MODELS.names()],
+        "datasets": dataset_names(),
+        "suites": shipped_suites(),
+        "metrics": [f"{n:17s} {'higher' if METRICS.get(n).higher_is_better else 'lower '} is better  "
+                    f"{METRICS.get(n).description}" for n in METRICS.names()],
+    }
+    for name in [args.what] if args.what else sections:
+        print(f"{name}:")
+        for line in sections[name]:
+            print(f"  {line}")
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from bench.perf import measure
+
+    result = measure(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
+                     device=args.device, precision=args.precision)
+    print(f"{result.model} on {result.dataset}, batch {result.batch_size}, {result.device}:")
+    print(f"  trainer step: {result.trainer_images_per_s:9.1f} images/s")
+    print(f"  bare step:    {result.bare_images_per_s:9.1f} images/s")
+    print(f"  ratio:        {result.ratio:9.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sqvae-bench", description="SQ-VAE vs VQ-VAE benchmark harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (skips completed cells, resumes interrupted ones)")
+    run.add_argument("suite", help="suite file, or the name of a shipped suite (see `list suites`)")
+    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (GPUs round-robin)")
+    run.add_argument("--output", help="run folder (default runs/<suite>)")
+    run.add_argument("--results", help="table folder (default results/<suite>)")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved grid and exit")
+    run.add_argument("--only", help="select cells, e.g. dataset=shapes,model=vqvae+sqvae-gauss-1")
+    run.add_argument("--rerun", action="store_true", help="run completed cells again (old folders move to replaced/)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in --output)")
+    run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.add_argument("--device", default="auto", help="auto (GPUs round-robin, else CPU), cpu, cuda, cuda:1 ...")
+    run.add_argument("--data-root", help="dataset root (default $SQVAE_BENCH_DATA or ./data)")
+    run.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
+    run.add_argument("--fid-weights", help="Inception weights file for FID (default $SQVAE_BENCH_INCEPTION_WEIGHTS or torch hub cache)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="print a suite's resolved grid")
+    show.add_argument("suite")
+    show.add_argument("--only")
+    show.add_argument("--output", help="run folder, to show each cell's status")
+    show.add_argument("--json", action="store_true", help="print every resolved cell config as JSON")
+    show.set_defaults(func=cmd_show)
+
+    table = sub.add_parser("table", help="aggregate results into Markdown, LaTeX, CSV and a plot")
+    table.add_argument("target", help="a suite (file or name) or a run folder")
+    table.add_argument("--output", help="run folder of the suite (default runs/<suite>)")
+    table.add_argument("--results", help="where to write (default results/<suite>)")
+    table.add_argument("--baseline", help="model for the paired test (default vqvae when present)")
+    table.add_argument("--metrics", help="comma-separated metric names")
+    table.add_argument("--reference", help="CSV of published numbers: dataset,model,metric,value[,source]")
+    table.set_defaults(func=cmd_table)
+
+    lst = sub.add_parser("list", help="list models, datasets, suites and metrics")
+    lst.add_argument("what", nargs="?", choices=["models", "datasets", "suites", "metrics"])
+    lst.set_defaults(func=cmd_list)
+
+    perf = sub.add_parser("perf", help="images/s of the trainer step against the bare step")
+    perf.add_argument("--model", default="sqvae-gauss-1")
+    perf.add_argument("--dataset", default="shapes")
+    perf.add_argument("--batch-size", type=int, default=32)
+    perf.add_argument("--steps", type=int, default=50)
+    perf.add_argument("--repeats", type=int, default=3)
+    perf.add_argument("--device", default="auto")
+    perf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    perf.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchError as err:  # ConfigError, DataError, ...: the user's to fix
+        print(f"sqvae-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsqvae-bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

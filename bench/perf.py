@@ -1,0 +1,87 @@
+"""`sqvae-bench perf`: how much the trainer costs on top of the bare training step.
+
+Both loops train the same model on the same data at the same batch size:
+- trainer step: ``Trainer.train_steps`` (index batching from the stored uint8 tensor, conversion,
+  temperature update, running sums of every loss term, hooks, logging intervals);
+- bare step: forward, backward and optimiser step on batches prepared beforehand.
+Each is timed over ``steps`` steps after a warm-up, ``repeats`` times alternately; the median counts.
+A ratio near 1 means the harness adds next to nothing to the model's own cost.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bench.batches import epoch_order, to_model_input
+from bench.data import load_dataset
+from bench.errors import ConfigError
+from bench.models import build_model
+from bench.run import resolve_device
+from bench.train import TrainConfig, Trainer, resolve_precision, seed_everything
+
+
+@dataclass(frozen=True)
+class PerfResult:
+    model: str
+    dataset: str
+    batch_size: int
+    device: str
+    trainer_images_per_s: float
+    bare_images_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.trainer_images_per_s / self.bare_images_per_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50, repeats: int = 3,
+            device: str = "auto", data_options: dict | None = None, precision: str = "auto") -> PerfResult:
+    dev = resolve_device(device)
+    splits = load_dataset(dataset, **(data_options or {})).to(dev)
+    if splits.train.shape[0] < steps * batch_size:
+        raise ConfigError(f"{dataset} has {splits.train.shape[0]} training images; perf needs steps x batch_size = {steps * batch_size}")
+    seed_everything(0)
+    model = build_model(model_name, splits.spec).to(dev)
+    cfg = TrainConfig(batch_size=batch_size, max_steps=10**9, log_every=100, precision=precision)
+    trainer = Trainer(model, splits, cfg, seed=0)
+    model.train()
+    order = epoch_order(splits.train.shape[0], 0, 1).to(dev)
+    batches = [to_model_input(splits.train[order[i * batch_size:(i + 1) * batch_size]]) for i in range(steps)]
+    amp = resolve_precision(precision, dev) == "bf16"
+
+    def bare() -> None:
+        for x in batches:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x, mode="train", check_values=False)
+            trainer.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            trainer.optimizer.step()
+
+    def full() -> None:
+        trainer.state.batch = 0  # stay inside epoch 1, whose order has at least ``steps`` batches
+        trainer.train_steps(steps)
+
+    full(), bare()  # warm-up
+    trainer_times, bare_times = [], []
+    for _ in range(repeats):
+        trainer_times.append(_timed(full, dev))
+        bare_times.append(_timed(bare, dev))
+    images = steps * batch_size
+    return PerfResult(model_name, dataset, batch_size, str(dev), images / statistics.median(trainer_times),
+                      images / statistics.median(bare_times))

@@ -1,0 +1,265 @@
+"""Suite files: load and validate the YAML, then expand the dataset x model x seed grid.
+
+A suite file (see suites/*.yaml and the README):
+
+    name: smoke                       # required
+    description: ...                  # optional
+    include: base.yaml                # optional; this file's keys override the included ones
+    datasets:                         # a list of names, or a mapping name -> settings
+      shapes:
+        options: {size: 32}           # dataset options (bench.data)
+        model_options: {size_dict: 32}  # for every model on this dataset
+        train: {epochs: 3}            # per-dataset training overrides
+    models:                           # a list of names, or a mapping name -> settings
+      vqvae:
+        options: {beta: 0.25}         # this model's option overrides
+        datasets: {shapes: {size_dict: 16}}  # this model on one dataset
+    seeds: [0, 1]
+    train: {epochs: 2, batch_size: 32}  # bench.train.TrainConfig fields
+    exclude: [{dataset: shapes, model: vqvae}, {seed: 1}]
+    metrics: [mse, perplexity]        # table columns (bench.metrics names)
+    fid: false                        # FID of test reconstructions (needs Inception weights)
+    miou_absent: zero                 # mIoU convention for absent classes: zero | ignore
+
+Model options resolve as: dataset paper settings < model defaults < dataset.model_options <
+models.<m>.options < models.<m>.datasets.<d>. Every error names the file, the key path and the
+valid choices, and is raised before anything runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from bench.data import DATASETS, dataset_spec
+from bench.errors import ConfigError
+from bench.metrics import METRICS
+from bench.models import MODELS, resolve_model_options
+from bench.registry import did_you_mean
+from bench.run import MIOU_ABSENT, RunConfig
+from bench.train import TrainConfig
+
+SUITE_KEYS = ("name", "description", "include", "datasets", "models", "seeds", "train", "exclude", "metrics",
+              "fid", "miou_absent")
+DATASET_KEYS = ("options", "model_options", "train")
+MODEL_KEYS = ("options", "datasets")
+EXCLUDE_KEYS = ("dataset", "model", "seed")
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: its id, coordinates and fully resolved config."""
+
+    cell_id: str
+    dataset: str
+    model: str
+    seed: int
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    source: Path
+    datasets: dict  # name -> {"options", "model_options", "train"}
+    models: dict  # name -> {"options", "datasets"}
+    seeds: tuple[int, ...]
+    train: dict
+    exclude: tuple[dict, ...]
+    metrics: tuple[str, ...]
+    fid: bool
+    miou_absent: str
+
+
+# -- loading -------------------------------------------------------------------------------------
+def _fail(source: Path, path: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {path}: {message}")
+
+
+def _check_keys(mapping: dict, allowed: tuple[str, ...], source: Path, path: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise _fail(source, where, f"unknown key{did_you_mean(str(key), list(allowed))}; valid: {', '.join(allowed)}")
+
+
+def _expect(value, types, source: Path, path: str, what: str):
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise _fail(source, path, f"expected {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _named_entries(value, source: Path, key: str, registry, entry_keys: tuple[str, ...]) -> dict:
+    """A list of names or a mapping name -> settings, checked against a registry."""
+    if isinstance(value, list):
+        value = {name: None for name in value}
+    _expect(value, dict, source, key, f"a list of {registry.kind} names or a mapping")
+    if not value:
+        raise _fail(source, key, f"needs at least one {registry.kind}")
+    entries = {}
+    for name, settings in value.items():
+        if name not in registry:
+            raise _fail(source, f"{key}.{name}", f"unknown {registry.kind}{did_you_mean(str(name), registry.names())}; "
+                        f"valid: {', '.join(sorted(registry.names()))}")
+        settings = settings or {}
+        _expect(settings, dict, source, f"{key}.{name}", "a mapping")
+        _check_keys(settings, entry_keys, source, f"{key}.{name}")
+        for sub, sub_value in settings.items():
+            _expect(sub_value, dict, source, f"{key}.{name}.{sub}", "a mapping")
+        entries[name] = {k: dict(settings.get(k) or {}) for k in entry_keys}
+    return entries
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
+    if path in chain:
+        raise ConfigError(f"{path}: include cycle: {' -> '.join(map(str, chain + (path,)))}")
+    if not path.exists():
+        raise ConfigError(f"{path}: suite file not found (suites shipped: {', '.join(shipped_suites())})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    _expect(raw, dict, path, "(top level)", "a mapping")
+    _check_keys(raw, SUITE_KEYS, path, "")
+    if "include" not in raw:
+        return raw
+    base = _read_yaml((path.parent / _expect(raw["include"], str, path, "include", "a file path")).resolve(), chain + (path,))
+    return _merge(base, {k: v for k, v in raw.items() if k != "include"})
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge: override wins; lists are replaced, not concatenated."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _normalise_named(raw: dict) -> dict:
+    """Turn list-form datasets/models into mappings so includes merge per name."""
+    return {k: ({n: None for n in v} if k in ("datasets", "models") and isinstance(v, list) else v) for k, v in raw.items()}
+
+
+def load_suite(path_or_name: str | Path) -> Suite:
+    """Load a suite by path, or by name from the shipped suites/ folder. Raises ConfigError."""
+    path = resolve_suite_path(path_or_name)
+    raw = _read_yaml(path, ())
+    return _validate(raw, path)
+
+
+def resolve_suite_path(path_or_name: str | Path) -> Path:
+    path = Path(path_or_name)
+    if not path.exists() and path.suffix == "" and (SUITES_DIR / f"{path}.yaml").exists():
+        path = SUITES_DIR / f"{path}.yaml"
+    return path.resolve()
+
+
+def shipped_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def _validate(raw: dict, source: Path) -> Suite:
+    if "name" not in raw:
+        raise _fail(source, "name", "required key missing")
+    for key in ("datasets", "models"):
+        if key not in raw:
+            raise _fail(source, key, "required key missing")
+    raw = _normalise_named(raw)
+    seeds = raw.get("seeds", [0])
+    _expect(seeds, list, source, "seeds", "a list of integers")
+    for i, seed in enumerate(seeds):
+        _expect(seed, int, source, f"seeds[{i}]", "an integer")
+    train = dict(_expect(raw.get("train") or {}, dict, source, "train", "a mapping"))
+    _check_keys(train, TRAIN_KEYS, source, "train")
+    exclude = _expect(raw.get("exclude") or [], list, source, "exclude", "a list of mappings")
+    for i, rule in enumerate(exclude):
+        _expect(rule, dict, source, f"exclude[{i}]", "a mapping")
+        _check_keys(rule, EXCLUDE_KEYS, source, f"exclude[{i}]")
+    metric_names = _expect(raw.get("metrics") or [], list, source, "metrics", "a list of metric names")
+    for name in metric_names:
+        if name not in METRICS:
+            raise _fail(source, "metrics", f"unknown metric '{name}'{did_you_mean(str(name), METRICS.names())}; "
+                        f"valid: {', '.join(METRICS.names())}")
+    miou_absent = raw.get("miou_absent", "zero")
+    if miou_absent not in MIOU_ABSENT:
+        raise _fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")
+    suite = Suite(
+        name=_expect(raw["name"], str, source, "name", "a string"),
+        description=_expect(raw.get("description", ""), str, source, "description", "a string"),
+        source=source,
+        datasets=_named_entries(raw["datasets"], source, "datasets", DATASETS, DATASET_KEYS),
+        models=_named_entries(raw["models"], source, "models", MODELS, MODEL_KEYS),
+        seeds=tuple(seeds),
+        train=train,
+        exclude=tuple(exclude),
+        metrics=tuple(metric_names),
+        fid=_expect(raw.get("fid", False), bool, source, "fid", "true or false"),
+        miou_absent=miou_absent,
+    )
+    expand(suite)  # resolves every cell: bad options and train values fail here, before anything runs
+    return suite
+
+
+# -- the grid ------------------------------------------------------------------------------------
+def config_hash(config: RunConfig) -> str:
+    """A stable hash of a fully resolved config (canonical JSON)."""
+    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def make_cell_id(dataset: str, model: str, seed: int, config: RunConfig) -> str:
+    return f"{dataset}_{model}_s{seed}-{config_hash(config)[:10]}"
+
+
+def is_excluded(rules: tuple[dict, ...], dataset: str, model: str, seed: int) -> bool:
+    point = {"dataset": dataset, "model": model, "seed": seed}
+    return any(all(point[k] == v for k, v in rule.items()) for rule in rules)
+
+
+def resolve_cell_config(suite: Suite, dataset: str, model: str, seed: int) -> RunConfig:
+    d, m = suite.datasets[dataset], suite.models[model]
+    where = f"{suite.source}: datasets.{dataset} / models.{model}"
+    try:
+        spec = dataset_spec(dataset, **d["options"])
+        overrides = {**d["model_options"], **m["options"], **m["datasets"].get(dataset, {})}
+        options = resolve_model_options(model, spec, overrides)
+        train = TrainConfig(**{**suite.train, **d["train"]})
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return RunConfig(dataset=dataset, model=model, seed=seed, data_options=d["options"], model_options=options,
+                     train=train, fid=suite.fid, miou_absent=suite.miou_absent)
+
+
+def expand(suite: Suite) -> list[Cell]:
+    """Every (dataset, model, seed) not excluded, in dataset-major order."""
+    cells = []
+    for dataset in suite.datasets:
+        for model in suite.models:
+            for seed in suite.seeds:
+                if is_excluded(suite.exclude, dataset, model, seed):
+                    continue
+                config = resolve_cell_config(suite, dataset, model, seed)
+                cells.append(Cell(make_cell_id(dataset, model, seed, config), dataset, model, seed, config))
+    return cells
+
+
+def parse_only(text: str | None) -> dict[str, set[str]]:
+    """'dataset=shapes,model=vqvae+vqvae-ema' -> {"dataset": {"shapes"}, "model": {"vqvae", "vqvae-ema"}}."""
+    selection: dict[str, set[str]] = {}
+    for part in filter(None, (text or "").split(",")):
+        key, sep, values = part.partition("=")
+        if not sep or key not in EXCLUDE_KEYS:
+            raise ConfigError(f"--only: expected key=value with key in {', '.join(EXCLUDE_KEYS)}; got {part!r}")
+        selection.setdefault(key, set()).update(values.split("+"))
+    return selection
+
+
+def select(cells: list[Cell], selection: dict[str, set[str]]) -> list[Cell]:
+    return [c for c in cells if all(str(getattr(c, key)) in values for key, values in selection.items())]
