@@ -55,7 +55,8 @@ def cmd_run(args) -> int:
           f"{len(summary.failed)} failed in {summary.seconds:.0f} s")
     for cell_id, reason in summary.failed.items():
         print(f"  FAILED {cell_id}: {reason} (see {output / 'cells' / cell_id / 'status.json'})")
-    written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name), metrics=list(suite.metrics) or None)
+    written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name),
+                           metrics=list(suite.metrics) or None, cell_ids=[c.cell_id for c in cells])
     print("\n" + written["markdown"])
     print(f"Tables and plot: {Path(args.results or DEFAULT_RESULTS / suite.name)}/")
     print(f"Cell folders: {output / 'cells'}/")
@@ -87,20 +88,22 @@ def cmd_show(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from bench.suite import load_suite
+    from bench.suite import expand, load_suite
     from bench.tables import write_tables
 
-    target = Path(args.target)
+    target, cell_ids, suite_metrics = Path(args.target), None, None
     if (target / "cells").is_dir():
         output, name = target, target.name
     else:
         suite = load_suite(args.target)
         output, name = Path(args.output or DEFAULT_RUNS / suite.name), suite.name
+        cell_ids, suite_metrics = [cell.cell_id for cell in expand(suite)], list(suite.metrics) or None
     if not (output / "cells").is_dir():
         raise ConfigError(f"no results in {output} (expected {output / 'cells'}/); run the suite first")
-    metrics = args.metrics.split(",") if args.metrics else None
+    metrics = args.metrics.split(",") if args.metrics else suite_metrics
     results = Path(args.results or DEFAULT_RESULTS / name)
-    written = write_tables(output, results, baseline=args.baseline, metrics=metrics, reference=args.reference)
+    written = write_tables(output, results, baseline=args.baseline, metrics=metrics, reference=args.reference,
+                           cell_ids=cell_ids)
     print(written["markdown"])
     print(f"\nWritten to {results}/")
     return 0

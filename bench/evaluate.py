@@ -48,7 +48,7 @@ def evaluate(
     histogram = torch.zeros(model.size_dict, dtype=torch.long, device=device)
     sse_sum = torch.zeros((), dtype=torch.float64, device=device)
     classes = model.in_channels if model.kind == "labels" else 0
-    confusion = torch.zeros(classes, classes, dtype=torch.long, device=device)
+    confusion = torch.zeros((), dtype=torch.long, device=device)  # becomes (C, C + 1), see metrics.confusion_matrix
     recons, n_batches = [], 0
     for x in eval_batches(data, batch_size):
         with _autocast(device, precision):

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from bench import metrics, pictures
+from bench import metrics
 from bench.batches import to_model_input
 from bench.data import load_dataset
 from bench.errors import ConfigError
@@ -117,6 +117,8 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
 @torch.no_grad()
 def save_pictures(model, test: torch.Tensor, histogram: torch.Tensor, history: list[dict], folder: Path) -> None:
     """recon_grid.png (test inputs beside reconstructions), codebook_usage.png, curves.png."""
+    from bench import pictures  # matplotlib is imported only when pictures are drawn
+
     model.eval()
     inputs = to_model_input(test[:32])
     recon = model(inputs, mode="deterministic", check_values=False).recon

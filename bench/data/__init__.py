@@ -1,0 +1,47 @@
+"""The datasets of sqvae-bench (SPEC.md §3): named loaders that return uint8 train / val / test tensors.
+
+    splits = load_dataset("cifar10", root="~/data", download=True)
+    splits.spec, splits.train.shape  # DataSpec(name='cifar10', kind='image', ...), (40000, 3, 32, 32)
+
+Built-in names: mnist, fashion-mnist, cifar10, celeba, celebamask-hq, shapes, shapes-labels. A new
+dataset is a loader ``loader(root, download, seed, *, <options>) -> Splits`` and its DataSpec
+(or a function of the options returning it), added with ``register_dataset``, the same call the
+built-ins use. ``dataset_spec`` answers what a dataset is without loading it.
+"""
+from bench.data import celeba, celebamask, shapes, torchvision_sets
+from bench.data.registry import (
+    DATASETS,
+    ENV_VAR,
+    dataset_names,
+    dataset_options,
+    dataset_spec,
+    load_dataset,
+    register_dataset,
+)
+from bench.data.shapes import make_shapes
+from bench.data.spec import DataSpec, Splits
+
+__all__ = [
+    "DATASETS",
+    "ENV_VAR",
+    "DataSpec",
+    "Splits",
+    "dataset_names",
+    "dataset_options",
+    "dataset_spec",
+    "load_dataset",
+    "make_shapes",
+    "register_dataset",
+]
+
+_BUILTINS = {
+    "mnist": (torchvision_sets.load_mnist, DataSpec("mnist", "image", 1, 28)),
+    "fashion-mnist": (torchvision_sets.load_fashion_mnist, DataSpec("fashion-mnist", "image", 1, 28)),
+    "cifar10": (torchvision_sets.load_cifar10, DataSpec("cifar10", "image", 3, 32)),
+    "celeba": (celeba.load_celeba, celeba.SPEC),
+    "celebamask-hq": (celebamask.load_celebamask_hq, celebamask.SPEC),
+    "shapes": (shapes.load_shapes, shapes.shapes_spec),
+    "shapes-labels": (shapes.load_shapes_labels, shapes.shapes_labels_spec),
+}
+for _name, (_loader, _spec) in _BUILTINS.items():
+    register_dataset(_name, _loader, _spec)

@@ -1,0 +1,116 @@
+"""CelebA in torchvision's layout, preprocessed as the official code does and cached (SPEC.md §3).
+
+Split by ``list_eval_partition.txt`` (0 train / 1 valid / 2 test: 162,770 / 19,867 / 19,962), each
+image CenterCrop(140) then Resize((64, 64)) (bilinear, antialiased: torchvision's PIL path, as the
+official code), kept as uint8 (N, 3, 64, 64).
+
+We read the partition file and the JPEGs ourselves: torchvision's CelebA md5-checks every txt file
+and parses all of them (attributes, identities, boxes, landmarks) though only the partition is
+needed. torchvision is used to download only. Decoding 200k JPEGs takes minutes, so the result is
+cached in ``<root>/celeba/sqvae_bench_cache_64.pt``, keyed by the JPEG count and partition size.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import datasets, transforms
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm import tqdm
+
+from bench.data.registry import cached_tensors, data_error
+from bench.data.spec import DataSpec, Splits
+from bench.errors import DataError
+
+FOLDER = "celeba"
+IMAGES = "img_align_celeba"
+PARTITION = "list_eval_partition.txt"
+CROP, SIZE = 140, 64
+SPEC = DataSpec("celeba", "image", 3, SIZE)
+CACHE = f"sqvae_bench_cache_{SIZE}.pt"
+SPLITS = ("train", "val", "test")  # partition ids 0, 1, 2
+CACHE_VERSION = 1
+TRANSFORM = transforms.Compose([transforms.CenterCrop(CROP), transforms.Resize((SIZE, SIZE))])
+HOW = (
+    "download img_align_celeba.zip and list_eval_partition.txt from the CelebA page "
+    "(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unzip the images into the folder above; "
+    "download=True (CLI: --download) tries torchvision's Google Drive download, which often fails "
+    "on quota limits"
+)
+
+
+def load_celeba(root: Path, download: bool, seed: int) -> Splits:
+    """CelebA 64x64 as (N, 3, 64, 64) uint8 per partition. ``seed`` is unused.
+
+    Raises: DataError if the folder, the partition file or a listed image is missing or unreadable.
+    """
+    folder = root / FOLDER
+    if download and not _present(folder):
+        _download(root, folder)
+    if not _present(folder):
+        raise _error([folder / IMAGES, folder / PARTITION], "data not found")
+    partition = read_partition(folder / PARTITION)
+    key = {"version": CACHE_VERSION, "crop": CROP, "size": SIZE, "jpgs": _count_jpgs(folder / IMAGES),
+           "partition": len(partition)}
+    tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(folder / IMAGES, partition))
+    return Splits(SPEC, *(tensors[split] for split in SPLITS))
+
+
+def read_partition(path: Path) -> list[tuple[str, int]]:
+    """The (file name, partition id 0/1/2) lines of list_eval_partition.txt, in file order."""
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise _error([path], f"malformed line {number}: {line!r} (expected '<name>.jpg <0|1|2>')")
+        entries.append((parts[0], int(parts[1])))
+    return entries
+
+
+def _present(folder: Path) -> bool:
+    return (folder / IMAGES).is_dir() and (folder / PARTITION).is_file()
+
+
+def _count_jpgs(images: Path) -> int:
+    with os.scandir(images) as entries:
+        return sum(entry.name.endswith(".jpg") for entry in entries)
+
+
+def _download(root: Path, folder: Path) -> None:
+    try:
+        datasets.CelebA(root, split="all", target_type=[], download=True)
+    except (RuntimeError, OSError) as error:  # Google Drive quota, network, md5 mismatch
+        raise _error([folder], f"download failed: {error}") from error
+
+
+def _preprocess(images: Path, partition: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    """Decode, crop and resize every listed image into one preallocated uint8 tensor per split."""
+    names = {split: [name for name, part in partition if part == index] for index, split in enumerate(SPLITS)}
+    for split, listed in names.items():
+        if not listed:
+            raise _error([images.parent / PARTITION], f"no images in the {split} partition")
+    out = {split: torch.empty((len(listed), 3, SIZE, SIZE), dtype=torch.uint8) for split, listed in names.items()}
+    with tqdm(total=len(partition), desc=f"celeba: preprocessing to {SIZE}x{SIZE}", unit="img") as progress:
+        for split, listed in names.items():
+            for row, name in enumerate(listed):
+                out[split][row] = read_image(images / name)
+                progress.update()
+    return out
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """One CelebA JPEG as (3, 64, 64) uint8, cropped and resized as the official pipeline does."""
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(TRANSFORM(image.convert("RGB")))
+    except (OSError, ValueError) as error:  # missing, truncated or not an image
+        raise _error([path], f"cannot read image ({error})") from error
+
+
+def _error(paths: list[Path], problem: str) -> DataError:
+    expected = f"{IMAGES}/*.jpg and {PARTITION} (torchvision's CelebA layout)"
+    return data_error("celeba", problem, paths, expected, HOW)

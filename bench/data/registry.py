@@ -1,0 +1,163 @@
+"""The dataset registry and the plumbing every loader shares.
+
+A loader is a function ``loader(root: Path, download: bool, seed: int, *, <options>) -> Splits``.
+Its keyword-only parameters are the dataset's options, so ``load_dataset`` checks option names
+against the signature itself and there is no second list to keep in sync.
+
+Also here: where the data root is, the one layout of a data error (dataset, paths looked at, files
+expected, how to get them), and the atomic uint8 tensor cache of the slow-to-decode image folders.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from bench.data.spec import DataSpec, Splits
+from bench.errors import ConfigError, DataError
+from bench.registry import Registry, did_you_mean
+
+ENV_VAR = "SQVAE_BENCH_DATA"
+DEFAULT_ROOT = "data"
+
+Loader = Callable[..., Splits]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """loader: ``loader(root, download, seed, *, <options>) -> Splits``.
+    spec: the DataSpec, or ``spec(**options) -> DataSpec`` when options change it; known without
+    reading any data, so suites resolve and validate before anything is loaded."""
+
+    loader: Loader
+    spec: DataSpec | Callable[..., DataSpec]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(name: str, loader: Loader, spec: DataSpec | Callable[..., DataSpec]) -> Loader:
+    """Make ``loader`` available to ``load_dataset`` (and suite files) as ``name``.
+
+    Args:
+        name: the name suite files use.
+        loader: ``loader(root, download, seed, *, <options>) -> Splits``; its keyword-only
+            parameters, with defaults, are the dataset's options.
+        spec: the dataset's DataSpec, or a function of the options that returns it.
+    Returns: the loader, unchanged.
+    Raises: ValueError if the name is taken.
+    """
+    DATASETS.register(name, DatasetEntry(loader, spec))
+    return loader
+
+
+def dataset_spec(name: str, **options) -> DataSpec:
+    """The DataSpec of dataset ``name`` under ``options``, without loading it. Raises ConfigError."""
+    entry = DATASETS.get(name)
+    _check_options(name, options, dataset_options(name))
+    return entry.spec(**{**dataset_options(name), **options}) if callable(entry.spec) else entry.spec
+
+
+def dataset_names() -> list[str]:
+    """The registered dataset names, sorted."""
+    return sorted(DATASETS.names())
+
+
+def dataset_options(name: str) -> dict[str, object]:
+    """The options of dataset ``name`` with their defaults. Raises ConfigError for an unknown name."""
+    parameters = inspect.signature(DATASETS.get(name).loader).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    """The data root: ``root`` if given, else $SQVAE_BENCH_DATA, else ./data; made absolute."""
+    if root is None:
+        root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
+    return Path(root).expanduser().absolute()
+
+
+def load_dataset(
+    name: str, root: str | Path | None = None, download: bool = False, seed: int = 0, **options
+) -> Splits:
+    """Load dataset ``name`` as uint8 train / val / test tensors (SPEC.md §3).
+
+    Args:
+        name: a registered name (see ``dataset_names()``).
+        root: the data root; None means $SQVAE_BENCH_DATA, else ./data.
+        download: fetch missing files where the dataset can be downloaded.
+        seed: used by generated datasets only.
+        **options: dataset-specific (see ``dataset_options(name)``).
+    Raises:
+        ConfigError: unknown dataset name or option.
+        DataError: the data is missing or malformed.
+    """
+    loader = DATASETS.get(name).loader
+    _check_options(name, options, dataset_options(name))
+    return loader(resolve_root(root), download, seed, **options)
+
+
+def _check_options(name: str, given: dict[str, object], valid: dict[str, object]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) or "none"
+        hint = did_you_mean(unknown[0], list(valid))
+        raise ConfigError(
+            f"dataset '{name}' has no option {', '.join(map(repr, unknown))}{hint}; valid options: {choices}"
+        )
+
+
+def data_error(dataset: str, problem: str, looked_at: Iterable[Path], expected: str, how: str) -> DataError:
+    """The one layout of a missing- or malformed-data error.
+
+    Args:
+        dataset: the registered name.
+        problem: what is wrong, e.g. "data not found".
+        looked_at: the exact paths checked.
+        expected: the files that should be there.
+        how: how to get them (download flag or manual steps).
+    """
+    lines = [
+        f"dataset '{dataset}': {problem}",
+        f"  looked at: {', '.join(str(p) for p in looked_at)}",
+        f"  expected: {expected}",
+        f"  to get it: {how}",
+        f"  the data root is the root argument, else ${ENV_VAR}, else ./{DEFAULT_ROOT}",
+    ]
+    return DataError("\n".join(lines))
+
+
+def cached_tensors(
+    path: Path, key: dict, build: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Return the tensors cached at ``path`` under ``key``, else build, cache and return them.
+
+    The key describes the source (file counts, preprocessing), so a changed folder rebuilds. The file
+    is written to a temporary name and renamed, so an interrupted write never leaves a half cache.
+    An unreadable cache is rebuilt; an unwritable folder (read-only data) only costs a warning.
+    """
+    cached = _read_cache(path)
+    if cached is not None and cached.get("key") == key:
+        return cached["tensors"]
+    tensors = build()
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save({"key": key, "tensors": tensors}, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"could not write the dataset cache {path}: {error}", stacklevel=2)
+    return tensors
+
+
+def _read_cache(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # a damaged file can fail in many ways; it is only a cache, so rebuild it
+        return None
