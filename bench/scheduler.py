@@ -59,7 +59,15 @@ class ParentWatch(Hooks):
 
 
 # -- the worker side ------------------------------------------------------------------------------
-def execute_cell(cell: Cell, folder: Path, env: RunEnv, events, threads: int) -> tuple[str, str, str | None]:
+_events = None  # the worker's end of the event queue, set when the worker process starts
+
+
+def _init_worker(events) -> None:
+    global _events
+    _events = events
+
+
+def execute_cell(cell: Cell, folder: Path, env: RunEnv, threads: int) -> tuple[str, str, str | None]:
     """Run one cell in a worker; never raises. Returns (cell id, status, reason)."""
     torch.set_num_threads(threads)
     record = store.read_status(folder)
@@ -67,7 +75,7 @@ def execute_cell(cell: Cell, folder: Path, env: RunEnv, events, threads: int) ->
                        reason=None, traceback=None, pid=os.getpid(), device=env.device)
     store.write_json(folder / "env.json", store.environment(env.device))
     try:
-        results = run_cell(cell.config, folder, env, hooks=[QueueHook(events, cell.cell_id), ParentWatch()])
+        results = run_cell(cell.config, folder, env, hooks=[QueueHook(_events, cell.cell_id), ParentWatch()])
     except BaseException as err:  # noqa: BLE001 - a cell's failure must never stop the suite
         reason = f"{type(err).__name__}: {err}"
         store.write_status(folder, "failed", finished=time.time(), reason=reason, traceback=traceback.format_exc())
@@ -217,21 +225,24 @@ def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1
 def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars: Progress, tracking: _Tracking,
               summary: SuiteSummary) -> None:
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager()
-    events = manager.Queue()
+    events = context.Queue()
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events,))
+
     slots = devices_for(workers, env.device)
     threads = max(1, (os.cpu_count() or 1) // workers)
     by_id = {cell.cell_id: cell for cell in pending}
     todo = list(pending)
     running: dict[Future, tuple[Cell, int, ProcessPoolExecutor]] = {}
     free = list(range(workers))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = new_pool()
     try:
         while todo or running:
             while todo and free:
                 cell, slot = todo.pop(0), free.pop(0)
                 cell_env = RunEnv(**{**env.__dict__, "device": slots[slot]})
-                future = pool.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env, events, threads)
+                future = pool.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env, threads)
                 running[future] = (cell, slot, pool)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, by_id, bars, tracking)
@@ -245,12 +256,12 @@ def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars
                     store.write_status(store.cell_dir(output, cell.cell_id), "failed", finished=time.time(), reason=reason)
                     if owner is pool:
                         pool.shutdown(cancel_futures=True)
-                        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+                        pool = new_pool()
                 _finish(cell, status, reason, output, bars, tracking, summary)
     finally:
         pool.shutdown(cancel_futures=True)
         _drain(events, by_id, bars, tracking)
-        manager.shutdown()
+        events.close()
 
 
 def _drain(events, by_id: dict[str, Cell], bars: Progress, tracking: _Tracking) -> None:

@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-
 from bench.train import Hooks
 
 # One tag schema for cell runs (the parent run carries TAG_SUITE and TAG_STATUS too).
@@ -132,6 +129,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
+        from mlflow import MlflowClient  # imported here: workers use this module without loading mlflow
+
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = self._experiment(experiment_name)
         self.suite_name: str | None = None
@@ -147,6 +146,8 @@ class Tracker:
         return experiment.experiment_id
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
         entities = [Param(k, v) for k, v in flatten_params(params).items()]
         for batch in _chunks(entities, PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=batch)
@@ -183,6 +184,8 @@ class Tracker:
         """Log the finite numeric ``metrics`` at ``step`` in batches; None, NaN and inf are skipped
         (a diverged run is recorded by its status and reason tags instead)."""
         timestamp = _now_ms()
+        from mlflow.entities import Metric
+
         entities = [Metric(k, v, timestamp, int(step)) for k, v in finite_floats(metrics).items()]
         for batch in _chunks(entities, METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=batch)
