@@ -11,13 +11,14 @@ The pipeline is a chain of pure functions over the records of ``bench.store.load
             --to_markdown / to_latex / to_csv-->  text
 
 Layout (as the tables of Takida et al. 2022): rows are models, in the order they first appear in
-the frame; columns are dataset x metric under a two-level header (dataset, then the metric's label
+the frame (``order_records``: the suite's grid order, or the model registry's); columns are dataset x metric under a two-level header (dataset, then the metric's label
 with its direction, ↓ lower / ↑ higher is better). A cell reads ``mean ± std (n)`` over seeds
 (``mean (n)`` for one seed) with per-metric digits: ``DECIMALS`` where listed, otherwise
 ``SIGNIFICANT`` significant digits of the mean, the std in the mean's decimals. The best mean of a
 column is bold, in the direction registered in ``bench.metrics.METRICS``; means that read the same
-are all bold. ``–`` marks a model without a value in that column. By default the metrics shown are
-those of ``TABLE_METRICS`` with values, per dataset (no mse column for a label dataset).
+are all bold. ``–`` marks a model without a value in that column. The metrics shown default to
+the ``TABLE_METRICS`` present; a dataset shows only those some of its cells reported (no mse
+column for a label dataset).
 
 Significance: ``†`` marks a model whose mean differs from the baseline model's at p < 0.05 in a
 paired t-test (``scipy.stats.ttest_rel``) over matching seeds, i.e. the seeds of the same dataset
