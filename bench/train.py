@@ -139,6 +139,35 @@ def cpu_state_dict(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+class RunningMean:
+    """Sums of the named training terms on the device; the host reads them only in ``means``."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor], values: torch.Tensor) -> None:
+        if self.total is None:
+            self.names, self.total = list(terms), values.clone()
+        else:
+            self.total += values
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """Means over the added steps; raises RunFailed when the mean loss is not finite."""
+        values = dict(zip(self.names, (self.total / self.count).tolist())) if self.count else {}
+        if "loss" in values and not math.isfinite(values["loss"]):
+            raise RunFailed(f"non-finite training loss ({values['loss']})")
+        return values
+
+    def state(self) -> dict:
+        return {"names": self.names, "total": self.total, "count": self.count}
+
+    def load(self, state: dict) -> None:
+        self.names, self.total, self.count = state["names"], state["total"], state["count"]
+
+
 def check_data(model, splits: Splits) -> None:
     """Check every split once before training (shapes; label ranges read the data, one sync)."""
     for split in (splits.train, splits.val, splits.test):
@@ -166,8 +195,8 @@ class Trainer:
         self.best_state = cpu_state_dict(model)
         self.steps_per_epoch = num_batches(splits.train.shape[0], cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self._epoch_sums: dict[str, torch.Tensor] = {}
-        self._window_sums: dict[str, torch.Tensor] = {}
+        self._epoch = RunningMean()  # training terms since the epoch began
+        self._window = RunningMean()  # ... since the last logging interval
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -180,8 +209,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "state": asdict(self.state),
                 "best_state": self.best_state,
-                "epoch_sums": self._epoch_sums,
-                "window_sums": self._window_sums,
+                "running": {"epoch": self._epoch.state(), "window": self._window.state()},
                 "rng": rng_state(),
             },
             self.workdir / CHECKPOINT,
@@ -198,28 +226,12 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
         self.best_state = ckpt["best_state"]
-        self._epoch_sums, self._window_sums = ckpt["epoch_sums"], ckpt["window_sums"]
+        self._epoch.load(ckpt["running"]["epoch"])
+        self._window.load(ckpt["running"]["window"])
         set_rng_state(ckpt["rng"])
         return True
 
     # -- the loop ----------------------------------------------------------------------------
-    def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
-        for sums in (self._epoch_sums, self._window_sums):
-            for name, value in terms.items():
-                value = value.detach().float()
-                sums[name] = sums[name] + value if name in sums else value.clone()
-        count = torch.ones((), device=self.device)
-        for sums in (self._epoch_sums, self._window_sums):
-            sums["_count"] = sums["_count"] + count if "_count" in sums else count.clone()
-
-    @staticmethod
-    def _means(sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        count = float(sums["_count"])
-        values = {name: float(total) / count for name, total in sums.items() if name != "_count"}
-        if not math.isfinite(values["loss"]):
-            raise RunFailed(f"non-finite training loss ({values['loss']})")
-        return values
-
     def _train_step(self, x: torch.Tensor) -> None:
         self.state.step += 1
         self.model.set_step(self.state.step)
@@ -228,7 +240,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        self._accumulate(out.terms)
+        values = torch.stack([v.detach().float() for v in out.terms.values()])  # one small tensor, no sync
+        self._epoch.add(out.terms, values)
+        self._window.add(out.terms, values)
 
     def fit(self) -> TrainState:
         """Train until ``epochs`` or ``max_steps``, resuming from the workdir's checkpoint if any."""
@@ -256,8 +270,8 @@ class Trainer:
             for hook in self.hooks:
                 hook.on_step(state.step)
             if state.step % cfg.log_every == 0:
-                values = {**self._means(self._window_sums), "lr": self.optimizer.param_groups[0]["lr"]}
-                self._window_sums = {}
+                values = {**self._window.means(), "lr": self.optimizer.param_groups[0]["lr"]}
+                self._window = RunningMean()
                 for hook in self.hooks:
                     hook.on_log(state.step, values)
             if state.step >= stop:
@@ -267,7 +281,7 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> None:
         state = self.state
-        train = self._means(self._epoch_sums)
+        train = self._epoch.means()
         val = evaluate(self.model, self.splits.val, batch_size=self.cfg.eval_batch_size, precision=self.precision).metrics
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(val["loss"])
@@ -281,7 +295,7 @@ class Trainer:
                   **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}, **scalars}
         state.history.append(record)
         state.epoch, state.batch = state.epoch + 1, 0
-        self._epoch_sums = {}
+        self._epoch = RunningMean()
         self.save_checkpoint()
         for hook in self.hooks:
             hook.on_epoch(record["epoch"], record)
