@@ -167,6 +167,10 @@ class ResetVectorQuantizer(EmaVectorQuantizer):
         self.initialised.fill_(True)
         self._known_initialised = True
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialised = False  # the loaded ``initialised`` flag decides, not the stale mirror
+
     def after_assignment(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
         self.update_ema(z_flat, indices)
         alive = (self.ema_count >= self.threshold).unsqueeze(1).to(z_flat.dtype)

@@ -99,6 +99,8 @@ def build_networks(
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}; got {network!r}")
     if num_rb < 1:
         raise ValueError(f"num_rb must be >= 1; got {num_rb}")
+    if dim < 2:  # the first hidden width is dim // 2, which must not be 0
+        raise ValueError(f"dim_dict must be >= 2 for the {network} networks (hidden width dim_dict // 2); got {dim}")
     encoder = Encoder(network, in_channels, dim, num_rb, variance_head)
     decoder = _decoder(network, out_channels, dim, num_rb)
     encoder.apply(weights_init)
