@@ -55,10 +55,13 @@ def cmd_run(args) -> int:
           f"{len(summary.failed)} failed in {summary.seconds:.0f} s")
     for cell_id, reason in summary.failed.items():
         print(f"  FAILED {cell_id}: {reason} (see {output / 'cells' / cell_id / 'status.json'})")
-    written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name),
-                           metrics=list(suite.metrics) or None, cell_ids=[c.cell_id for c in cells])
-    print("\n" + written["markdown"])
-    print(f"Tables and plot: {Path(args.results or DEFAULT_RESULTS / suite.name)}/")
+    if summary.completed or summary.skipped:
+        written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name),
+                               metrics=list(suite.metrics) or None, cell_ids=[c.cell_id for c in cells])
+        print("\n" + written["markdown"])
+        print(f"Tables and plot: {Path(args.results or DEFAULT_RESULTS / suite.name)}/")
+    else:  # every cell failed: that is exit code 1, not a table error (2)
+        print("No completed cell, so no tables.")
     print(f"Cell folders: {output / 'cells'}/")
     if uri is not None:
         print(f"MLflow: {ui_command(uri)}")

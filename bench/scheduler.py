@@ -181,7 +181,7 @@ class _Tracking:
         self.tracker, self.suite, self.run_ids = tracker, suite, {}
 
     def start(self, cell: Cell, resumed_step: int) -> None:
-        if self.tracker is None:
+        if self.tracker is None or cell.cell_id in self.run_ids:  # a start event drained after the cell finished
             return
         tags = {"suite": self.suite.name, "dataset": cell.dataset, "model": cell.model, "seed": str(cell.seed),
                 "cell_id": cell.cell_id, "status": "running", "resumed_from_step": str(resumed_step)}

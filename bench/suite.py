@@ -96,6 +96,21 @@ def _expect(value, types, source: Path, path: str, what: str):
     return value
 
 
+def _check_name(name, registry, source: Path, path: str) -> None:
+    if name not in registry:
+        raise _fail(source, path, f"unknown {registry.kind} {name!r}{did_you_mean(str(name), registry.names())}; "
+                    f"valid: {', '.join(sorted(registry.names()))}")
+
+
+def _check_exclude_values(rule: dict, source: Path, path: str) -> None:
+    """A misspelt name or a quoted seed would otherwise exclude nothing, silently."""
+    for key, registry in (("dataset", DATASETS), ("model", MODELS)):
+        if key in rule:
+            _check_name(rule[key], registry, source, f"{path}.{key}")
+    if "seed" in rule:
+        _expect(rule["seed"], int, source, f"{path}.seed", "an integer")
+
+
 def _named_entries(value, source: Path, key: str, registry, entry_keys: tuple[str, ...]) -> dict:
     """A list of names or a mapping name -> settings, checked against a registry."""
     if isinstance(value, list):
@@ -131,7 +146,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
     if "include" not in raw:
         return raw
     base = _read_yaml((path.parent / _expect(raw["include"], str, path, "include", "a file path")).resolve(), chain + (path,))
-    return _merge(base, {k: v for k, v in raw.items() if k != "include"})
+    return _merge(_normalise_named(base), _normalise_named({k: v for k, v in raw.items() if k != "include"}))
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -144,7 +159,7 @@ def _merge(base: dict, override: dict) -> dict:
 
 def _normalise_named(raw: dict) -> dict:
     """Turn list-form datasets/models into mappings so includes merge per name."""
-    return {k: ({n: None for n in v} if k in ("datasets", "models") and isinstance(v, list) else v) for k, v in raw.items()}
+    return {k: ({n: {} for n in v} if k in ("datasets", "models") and isinstance(v, list) else v) for k, v in raw.items()}
 
 
 def load_suite(path_or_name: str | Path) -> Suite:
@@ -182,6 +197,7 @@ def _validate(raw: dict, source: Path) -> Suite:
     for i, rule in enumerate(exclude):
         _expect(rule, dict, source, f"exclude[{i}]", "a mapping")
         _check_keys(rule, EXCLUDE_KEYS, source, f"exclude[{i}]")
+        _check_exclude_values(rule, source, f"exclude[{i}]")
     metric_names = _expect(raw.get("metrics") or [], list, source, "metrics", "a list of metric names")
     for name in metric_names:
         if name not in METRICS:
@@ -190,12 +206,20 @@ def _validate(raw: dict, source: Path) -> Suite:
     miou_absent = raw.get("miou_absent", "zero")
     if miou_absent not in MIOU_ABSENT:
         raise _fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")
+    datasets = _named_entries(raw["datasets"], source, "datasets", DATASETS, DATASET_KEYS)
+    models = _named_entries(raw["models"], source, "models", MODELS, MODEL_KEYS)
+    for name, entry in datasets.items():  # otherwise a misspelt key fails later as a bare TypeError
+        _check_keys(entry["train"], TRAIN_KEYS, source, f"datasets.{name}.train")
+    for name, entry in models.items():  # otherwise a misspelt dataset name is silently ignored
+        for dataset, options in entry["datasets"].items():
+            _check_name(dataset, DATASETS, source, f"models.{name}.datasets.{dataset}")
+            _expect(options, dict, source, f"models.{name}.datasets.{dataset}", "a mapping of model options")
     suite = Suite(
         name=_expect(raw["name"], str, source, "name", "a string"),
         description=_expect(raw.get("description", ""), str, source, "description", "a string"),
         source=source,
-        datasets=_named_entries(raw["datasets"], source, "datasets", DATASETS, DATASET_KEYS),
-        models=_named_entries(raw["models"], source, "models", MODELS, MODEL_KEYS),
+        datasets=datasets,
+        models=models,
         seeds=tuple(seeds),
         train=train,
         exclude=tuple(exclude),
