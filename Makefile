@@ -20,10 +20,10 @@ run: $(STAMP)
 	$(BIN)/sqvae-bench run suites/smoke.yaml --workers 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ''
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean-venv:
 	rm -rf $(VENV)
