@@ -61,7 +61,7 @@ def evaluate(
             if keep_recon:
                 recons.append((out.recon.float().clamp(0, 1) * 255).round().to(torch.uint8))
         else:
-            confusion += metrics.confusion_matrix(out.recon, x, classes)
+            confusion = confusion + metrics.confusion_matrix(out.recon, x, classes)
             if keep_recon:
                 recons.append(out.recon.to(torch.uint8))
         n_batches += 1

@@ -32,12 +32,13 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 import yaml
 
 from bench.data import DATASETS, dataset_spec
 from bench.errors import ConfigError
 from bench.metrics import METRICS
-from bench.models import MODELS, resolve_model_options
+from bench.models import MODELS, build_model, resolve_model_options
 from bench.registry import did_you_mean
 from bench.run import MIOU_ABSENT, RunConfig
 from bench.train import TrainConfig
@@ -227,8 +228,27 @@ def _validate(raw: dict, source: Path) -> Suite:
         fid=_expect(raw.get("fid", False), bool, source, "fid", "true or false"),
         miou_absent=miou_absent,
     )
-    expand(suite)  # resolves every cell: bad options and train values fail here, before anything runs
+    check_buildable(expand(suite))  # bad options, train values and model/data mismatches fail here
     return suite
+
+
+def check_buildable(cells: list[Cell]) -> None:
+    """Build each distinct (dataset, model, options) once on the meta device (no memory, no data):
+    a setting the model rejects (e.g. an image size the network cannot take) fails before any run."""
+    seen = set()
+    for cell in cells:
+        config = cell.config
+        key = (config.dataset, json.dumps(config.data_options, sort_keys=True), config.model,
+               json.dumps(config.model_options, sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        spec = dataset_spec(config.dataset, **config.data_options)
+        try:
+            with torch.device("meta"):
+                build_model(config.model, spec, config.model_options)
+        except ValueError as err:
+            raise ConfigError(f"{cell.cell_id}: model '{config.model}' on dataset '{config.dataset}': {err}") from None
 
 
 # -- the grid ------------------------------------------------------------------------------------

@@ -70,6 +70,21 @@ def test_short_training_lowers_test_mse_well_below_the_untrained_model(model):
     assert after < 0.5 * before, (before, after)
 
 
+def test_label_maps_train_and_report_segmentation_metrics():
+    config = RunConfig("shapes-labels", "sqvae-vmf", seed=0, data_options={**TINY_DATA, "size": 32, "n_train": 512},
+                       # kappa_phi(0) = 11 instead of the official 1.05, which anneals over thousands of steps
+                       model_options={**TINY_MODEL, "dim_dict": 64, "log_param_q_init": math.log(10.0)},
+                       train=TrainConfig(epochs=3, batch_size=16, log_every=8))
+    test = run_cell(config)["test"]
+    assert {"miou", "pixel_acc", "acc", "perplexity", "perplexity_batch", "usage"} <= set(test)
+    assert "mse" not in test
+    # shapes are mostly background: after 96 steps the decoder must beat predicting background alone
+    splits = load_dataset("shapes-labels", **{**TINY_DATA, "size": 32, "n_train": 512})
+    background_share = float((splits.test == 0).float().mean())
+    assert test["pixel_acc"] > background_share
+    assert 0.0 < test["miou"] <= 1.0
+
+
 def test_non_finite_loss_fails_the_run_with_its_reason():
     config = tiny_config("vqvae", lr=1e30, max_steps=6)
     with pytest.raises(RunFailed, match="non-finite"):

@@ -11,13 +11,13 @@ cached in ``<root>/celeba/sqvae_bench_cache_64.pt``, keyed by the JPEG count and
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision import datasets, transforms
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from bench.data.registry import cached_tensors, data_error
@@ -32,7 +32,6 @@ SPEC = DataSpec("celeba", "image", 3, SIZE)
 CACHE = f"sqvae_bench_cache_{SIZE}.pt"
 SPLITS = ("train", "val", "test")  # partition ids 0, 1, 2
 CACHE_VERSION = 1
-TRANSFORM = transforms.Compose([transforms.CenterCrop(CROP), transforms.Resize((SIZE, SIZE))])
 HOW = (
     "download img_align_celeba.zip and list_eval_partition.txt from the CelebA page "
     "(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unzip the images into the folder above; "
@@ -82,6 +81,8 @@ def _count_jpgs(images: Path) -> int:
 
 def _download(root: Path, folder: Path) -> None:
     try:
+        from torchvision import datasets  # imported here: importing torchvision takes seconds
+
         datasets.CelebA(root, split="all", target_type=[], download=True)
     except (RuntimeError, OSError) as error:  # Google Drive quota, network, md5 mismatch
         raise _error([folder], f"download failed: {error}") from error
@@ -102,11 +103,19 @@ def _preprocess(images: Path, partition: list[tuple[str, int]]) -> dict[str, tor
     return out
 
 
+@functools.cache
+def _transform():
+    """CenterCrop(140) then Resize((64, 64)), torchvision's defaults (bilinear, antialiased)."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.CenterCrop(CROP), transforms.Resize((SIZE, SIZE)), transforms.PILToTensor()])
+
+
 def read_image(path: Path) -> torch.Tensor:
     """One CelebA JPEG as (3, 64, 64) uint8, cropped and resized as the official pipeline does."""
     try:
         with Image.open(path) as image:
-            return pil_to_tensor(TRANSFORM(image.convert("RGB")))
+            return _transform()(image.convert("RGB"))
     except (OSError, ValueError) as error:  # missing, truncated or not an image
         raise _error([path], f"cannot read image ({error})") from error
 

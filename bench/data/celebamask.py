@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
 from tqdm import tqdm
 
 from bench.data.registry import cached_tensors, data_error
@@ -29,7 +28,6 @@ SIZE = 64
 SPEC = DataSpec("celebamask-hq", "labels", NUM_CLASSES, SIZE, NUM_CLASSES)
 CACHE = f"sqvae_bench_cache_{SIZE}.pt"
 CACHE_VERSION = 1
-RESIZE = transforms.Resize((SIZE, SIZE), interpolation=transforms.InterpolationMode.NEAREST)
 REPO_URL = "https://github.com/switchablenorms/CelebAMask-HQ"
 HOW = (
     f"it cannot be downloaded automatically: get CelebAMask-HQ via {REPO_URL}, then run its "
@@ -71,7 +69,7 @@ def read_label(path: Path) -> torch.Tensor:
             if image.mode not in ("L", "P"):
                 raise _error([path], f"mode {image.mode}, not an 8-bit single-channel label map")
             top = int(np.asarray(image).max())
-            small = RESIZE(image)
+            small = image.resize((SIZE, SIZE), Image.NEAREST)
     except (OSError, ValueError) as error:  # missing, truncated or not an image
         raise _error([path], f"cannot read label map ({error})") from error
     if top >= NUM_CLASSES:

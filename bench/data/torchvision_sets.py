@@ -17,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torchvision import datasets
 
 from bench.data.registry import data_error
 from bench.data.spec import DataSpec, Splits
@@ -40,20 +39,27 @@ IDX_NOTE = " (uncompressed: gunzip the .gz files, or pass download=True, which e
 DOWNLOAD_HINT = "pass download=True (CLI: --download)"
 
 
+def _datasets():
+    """torchvision.datasets, imported when a dataset is loaded (importing torchvision takes seconds)."""
+    from torchvision import datasets
+
+    return datasets
+
+
 def load_mnist(root: Path, download: bool, seed: int) -> Splits:
     """MNIST as (N, 1, 28, 28) uint8: train 50,000 / val 10,000 / test 10,000. ``seed`` is unused."""
-    return _load_idx_set("mnist", datasets.MNIST, root, download)
+    return _load_idx_set("mnist", _datasets().MNIST, root, download)
 
 
 def load_fashion_mnist(root: Path, download: bool, seed: int) -> Splits:
     """Fashion-MNIST, split like MNIST. ``seed`` is unused."""
-    return _load_idx_set("fashion-mnist", datasets.FashionMNIST, root, download)
+    return _load_idx_set("fashion-mnist", _datasets().FashionMNIST, root, download)
 
 
 def load_cifar10(root: Path, download: bool, seed: int) -> Splits:
     """CIFAR10 as (N, 3, 32, 32) uint8: train 40,000 / val 10,000 / test 10,000. ``seed`` is unused."""
     folder = root / CIFAR_FOLDER
-    _require_files("cifar10", folder, CIFAR_FILES, download, partial(datasets.CIFAR10, root, download=True))
+    _require_files("cifar10", folder, CIFAR_FILES, download, partial(_datasets().CIFAR10, root, download=True))
     train = torch.cat([_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES])
     test = _read_cifar_batch(folder / "test_batch")
     return _split_official_train(DataSpec("cifar10", "image", 3, 32), train, test, folder)
