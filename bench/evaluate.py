@@ -39,10 +39,13 @@ def evaluate(
     precision: str = "fp32",
     keep_recon: bool = False,
     miou_absent: str = "zero",
+    bn_train_mode: bool = False,
 ) -> Evaluation:
-    """Evaluate ``model`` (switched to eval mode) on a stored split ``data`` (on the model's device)."""
+    """Evaluate ``model`` on a stored split ``data`` (on the model's device), in eval mode unless
+    ``bn_train_mode`` (BatchNorm on batch statistics, updating its running averages: the official
+    vMF trainer's validation, SPEC §6.8)."""
     was_training = model.training
-    model.eval()
+    model.train(bn_train_mode)
     device = data.device
     term_sums: dict[str, torch.Tensor] = {}
     histogram = torch.zeros(model.size_dict, dtype=torch.long, device=device)

@@ -100,7 +100,7 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
     if want_fid:
         key = f"{config.dataset}-test-{splits.spec.size}px-" + "-".join(f"{k}={v}" for k, v in sorted(config.data_options.items()))
         results["fid"] = metrics.compute_fid(test.recon, splits.test, cache_dir=env.fid_cache, cache_key=key,
-                                             weights_path=env.fid_weights)
+                                             weights_path=env.fid_weights, device=device)
     if workdir is not None:
         save_pictures(model, splits.test.to(device), test.histogram, state.history, Path(workdir) / "images")
     return {

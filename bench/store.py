@@ -74,7 +74,7 @@ def environment(device: str) -> dict:
         package = None
     return {"python": platform.python_version(), "torch": torch.__version__, "sqvae_bench": package,
             "git_commit": git_commit(), "device": device, "host": socket.gethostname(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None}
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class TrainConfig:
     max_steps > 0 replaces ``epochs``: stop after that many steps (validating at the stop).
     checkpoint_every: steps between mid-epoch checkpoints (0: at epoch ends only).
     precision: "auto" is bf16 autocast on CUDA and float32 elsewhere.
+    official_vmf_validation: validate with BatchNorm in train mode, as the official vMF trainer does
+    (SPEC §6.8; it changes BN statistics and so model selection). Off: validation in eval mode.
     """
 
     epochs: int = 100
@@ -52,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     eval_stochastic: bool = False
     precision: str = "auto"
+    official_vmf_validation: bool = False
 
     def __post_init__(self):
         for key, minimum in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("log_every", 1),
@@ -66,8 +69,9 @@ class TrainConfig:
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"train.betas must be two numbers in [0, 1); got {self.betas!r}")
-        if not isinstance(self.eval_stochastic, bool):
-            raise ConfigError(f"train.eval_stochastic must be true or false; got {self.eval_stochastic!r}")
+        for key in ("eval_stochastic", "official_vmf_validation"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"train.{key} must be true or false; got {getattr(self, key)!r}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
         if not 0 < self.lr_factor < 1:
@@ -282,7 +286,8 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> None:
         state = self.state
         train = self._epoch.means()
-        val = evaluate(self.model, self.splits.val, batch_size=self.cfg.eval_batch_size, precision=self.precision).metrics
+        val = evaluate(self.model, self.splits.val, batch_size=self.cfg.eval_batch_size, precision=self.precision,
+                       bn_train_mode=self.cfg.official_vmf_validation).metrics
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(val["loss"])
         if val["loss"] < state.best_val:

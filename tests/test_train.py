@@ -114,6 +114,18 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch_and_keeps_the_last_par
     assert torch.equal(resumed[0][1], batches[1][1])
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_validation_touches_batchnorm_statistics_only_in_the_official_vmf_mode(official):
+    splits = load_dataset("shapes-labels", **{**TINY_DATA, "size": 32})
+    torch.manual_seed(0)
+    model = build_model("sqvae-vmf", splits.spec, TINY_MODEL)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    evaluate(model, splits.val, bn_train_mode=official)
+    after = {k: v for k, v in model.state_dict().items() if "running_mean" in k}
+    changed = any(not torch.equal(before[k], after[k]) for k in before)
+    assert changed == official
+
+
 def test_train_config_rejects_bad_values_naming_the_key():
     with pytest.raises(ValueError, match="train.epochs"):
         TrainConfig(epochs=0)
