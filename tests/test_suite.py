@@ -18,7 +18,8 @@ from bench.models import MODELS
 from bench.suite import SUITE_KEYS, config_hash, expand, load_suite, parse_only, select
 from tests.conftest import DELETE, SHAPES_OPTIONS, TINY_MODEL_OPTIONS, TINY_SUITE, cli_env, write_suite
 
-TWO_DATASETS = {"datasets": {"shapes-labels": {"options": SHAPES_OPTIONS, "model_options": TINY_MODEL_OPTIONS}}}
+# label maps go through the label network, which downsamples by 8: 32 px, not the 28 of the image suite
+TWO_DATASETS = {"datasets": {"shapes-labels": {"options": {**SHAPES_OPTIONS, "size": 32}, "model_options": TINY_MODEL_OPTIONS}}}
 
 
 def cell_ids(suite) -> list[str]:
@@ -402,3 +403,10 @@ def test_suites_are_frozen(tmp_path):
     cell = expand(load_suite(write_suite(tmp_path / "s.yaml")))[0]
     with pytest.raises(AttributeError):
         cell.config.train.epochs = 5  # type: ignore[misc]
+
+
+def test_a_model_that_cannot_take_the_data_fails_at_load(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", {"datasets": {"shapes-labels": {"options": {**SHAPES_OPTIONS, "size": 28}}}})
+    with pytest.raises(ConfigError, match="multiple of 8; got 28") as caught:
+        load_suite(path)
+    assert "shapes-labels" in str(caught.value)
