@@ -16,7 +16,7 @@ import torch
 
 from bench import metrics
 from bench.batches import to_model_input
-from bench.data import load_dataset
+from bench.data import dataset_spec, load_dataset
 from bench.errors import ConfigError
 from bench.models import build_model, resolve_model_options
 from bench.train import Hooks, TrainConfig, Trainer, seed_everything
@@ -71,10 +71,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_run_config(config: RunConfig, env: RunEnv = RunEnv()) -> RunConfig:
-    """Fill in every model option (paper defaults) so the config alone says what ran."""
-    splits = load_dataset(config.dataset, root=env.data_root, download=env.download, **config.data_options)
-    options = resolve_model_options(config.model, splits.spec, config.model_options)
+def resolve_run_config(config: RunConfig) -> RunConfig:
+    """Fill in every model option (paper defaults) so the config alone says what ran; reads no data."""
+    spec = dataset_spec(config.dataset, **config.data_options)
+    options = resolve_model_options(config.model, spec, config.model_options)
     return RunConfig(**{**config.__dict__, "model_options": options})
 
 

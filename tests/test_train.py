@@ -1,4 +1,5 @@
 """The trainer and run_cell: learning, exact resume, failure on non-finite losses, the schedule."""
+import json
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from bench.errors import RunFailed
 from bench.evaluate import evaluate
 from bench.models import build_model
 from bench.perf import measure
-from bench.run import RunConfig, run_cell
+from bench.run import RunConfig, resolve_run_config, run_cell
 from bench.train import Hooks, TrainConfig
 
 TINY_DATA = {"size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
@@ -139,3 +140,9 @@ def test_perf_measures_trainer_and_bare_steps():
     result = measure("vqvae", "shapes", batch_size=16, steps=4, repeats=1, data_options=TINY_DATA)
     assert result.trainer_images_per_s > 0 and result.bare_images_per_s > 0
     assert 0 < result.ratio < 10
+
+
+def test_a_resolved_config_round_trips_through_its_json_form():
+    config = resolve_run_config(RunConfig("cifar10", "sqvae-gauss-1", seed=2, train=TrainConfig(epochs=5)))
+    assert config.model_options["size_dict"] == 512 and config.model_options["network"] == "net_32"
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
