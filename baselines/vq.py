@@ -93,7 +93,9 @@ class VectorQuantizer(nn.Module):
             terms = self.loss_terms(z, e, batch)
             if mode == "train" and self.training:
                 self.after_assignment(z_flat.detach(), indices)
-            counts = torch.bincount(indices, minlength=self.size_dict).to(z.dtype)
+            # scatter_add, not bincount: bincount reads the maximum back to the host on CUDA (a sync)
+            counts = torch.zeros(self.size_dict, device=z.device, dtype=z.dtype).scatter_add_(
+                0, indices, torch.ones_like(indices, dtype=z.dtype))
         return QuantizerOutput(
             z_q=straight_through(z, e),
             latent_loss=sum(terms.values()),

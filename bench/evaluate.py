@@ -58,7 +58,8 @@ def evaluate(
             out = model(x, mode=mode, check_values=False)
         for name, value in out.terms.items():
             term_sums[name] = term_sums.get(name, 0.0) + value.detach().float()
-        histogram += torch.bincount(out.indices.flatten(), minlength=model.size_dict)
+        codes = out.indices.flatten()
+        histogram.scatter_add_(0, codes, torch.ones_like(codes))  # bincount would sync with the host
         if model.kind == "image":
             sse_sum += metrics.sse_per_image(x, out.recon.float()).double().sum()
             if keep_recon:
