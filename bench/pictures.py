@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
+from bench.atomic import atomic_write
 from bench.metrics.codebook import histogram_to_perplexity, histogram_to_usage
 
 # The 19 Cityscapes train-id colours, then 13 more distinct ones: label maps with up to 32 classes
@@ -41,22 +41,9 @@ PANELS: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
 )
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Create parent folders, ``write(tmp)``, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _save_figure(fig: Figure, path: str | Path) -> Path:
     FigureCanvasAgg(fig)  # attaches an Agg canvas to the figure: no pyplot, no global backend
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 # -- reconstructions -----------------------------------------------------------------------------
@@ -105,7 +92,7 @@ def recon_grid(inputs: torch.Tensor, recons: torch.Tensor, path: str | Path, nro
     pair = torch.stack([_pad_to(as_rgb(inputs), n), _pad_to(as_rgb(recons), n)])  # (2, n, C, H, W)
     rows = pair.unflatten(1, (n // nrow, nrow)).transpose(0, 1)  # (rows, 2, nrow, C, H, W)
     grid = make_grid(rows.flatten(0, 2), nrow=nrow, padding=2, pad_value=1.0)
-    return _atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
 # -- codebook usage ------------------------------------------------------------------------------

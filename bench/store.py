@@ -13,7 +13,6 @@ Tables and summaries are rebuilt from these folders alone (``load_cells``).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -21,16 +20,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.atomic import atomic_write
+
 STATUSES = ("running", "completed", "failed")
 CELLS = "cells"
 
 
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (bench.atomic)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path):

@@ -44,7 +44,6 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from bench.atomic import atomic_write
 from bench.errors import BenchError, ConfigError
 from bench.metrics import METRICS
 from bench.registry import unknown_name_message
@@ -551,18 +551,10 @@ def plot_tradeoff(data: pd.DataFrame, path: str | Path, x: str = "perplexity",
     if not panels:
         axes[0].text(0.5, 0.5, f"no dataset has {x} and {' or '.join(candidates)}", ha="center", va="center")
         axes[0].set_axis_off()
-    return _write_atomic(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
 # ---- files ------------------------------------------------------------------------------------
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
 
 def order_records(records: list[CellRecord], cell_ids: Sequence[str] | None = None) -> list[CellRecord]:
     """The cells to tabulate, in table order: those of ``cell_ids`` in that (suite grid) order, or
@@ -611,7 +603,7 @@ def write_tables(output: str | Path, results_dir: str | Path, *, baseline: str |
     results.mkdir(parents=True, exist_ok=True)
     texts = {"table.md": to_markdown(summary, notes=notes), "table.tex": to_latex(summary, notes=notes),
              "table.csv": to_csv(summary)}
-    paths = {name: _write_atomic(results / name, lambda tmp, text=text: tmp.write_text(text))
+    paths = {name: atomic_write(results / name, lambda tmp, text=text: tmp.write_text(text))
              for name, text in texts.items()}
     paths["tradeoff.png"] = plot_tradeoff(frame, results / "tradeoff.png")
     return {**paths, "markdown": texts["table.md"]}

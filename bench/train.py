@@ -9,9 +9,7 @@ The host reads device values only at logging intervals and epoch ends.
 """
 from __future__ import annotations
 
-import copy
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bench.atomic import atomic_write
 from bench.batches import num_batches, train_batches
 from bench.data.spec import Splits
 from bench.errors import ConfigError, RunFailed
@@ -133,10 +132,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_torch(obj, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict:
@@ -206,18 +203,16 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.workdir is None:
             return
-        atomic_save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "state": asdict(self.state),
-                "best_state": self.best_state,
-                "running": {"epoch": self._epoch.state(), "window": self._window.state()},
-                "rng": rng_state(),
-            },
-            self.workdir / CHECKPOINT,
-        )
+        checkpoint = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": asdict(self.state),
+            "best_state": self.best_state,
+            "running": {"epoch": self._epoch.state(), "window": self._window.state()},
+            "rng": rng_state(),
+        }
+        save_torch(checkpoint, self.workdir / CHECKPOINT)
 
     def try_resume(self) -> bool:
         """Load ``workdir/checkpoint.pt`` when there is one; True when resumed."""
@@ -294,7 +289,7 @@ class Trainer:
             state.best_val, state.best_epoch = val["loss"], state.epoch
             self.best_state = cpu_state_dict(self.model)
             if self.workdir is not None:
-                atomic_save(self.best_state, self.workdir / BEST)
+                save_torch(self.best_state, self.workdir / BEST)
         scalars = {name: float(v) for name, v in self.model.scalars().items()}
         record = {"epoch": state.epoch, "step": state.step, "lr": lr, "seconds": seconds,
                   **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}, **scalars}

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from bench.atomic import atomic_write
 from bench.data.spec import DataSpec, Splits
 from bench.errors import ConfigError, DataError
 from bench.registry import Registry, did_you_mean
@@ -144,12 +145,9 @@ def cached_tensors(
     if cached is not None and cached.get("key") == key:
         return cached["tensors"]
     tensors = build()
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        torch.save({"key": key, "tensors": tensors}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save({"key": key, "tensors": tensors}, tmp))
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the dataset cache {path}: {error}", stacklevel=2)
     return tensors
 

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,6 +33,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
+from bench.atomic import atomic_write
 from bench.errors import ConfigError
 from bench.registry import unknown_name_message
 
@@ -166,16 +166,12 @@ def reference_cache_path(cache_dir: Path, cache_key: str, extractor: str, tag: s
 
 
 def save_statistics(path: Path, stats: Statistics) -> None:
-    """Write statistics as .npz atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write statistics as .npz atomically (bench.atomic)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
             np.savez(f, mu=stats["mu"], sigma=stats["sigma"])
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_statistics(path: Path) -> Statistics:
