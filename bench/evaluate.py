@@ -16,6 +16,7 @@ import torch
 
 from bench import metrics
 from bench.batches import eval_batches
+from bench.running import RunningMean
 
 
 @dataclass
@@ -47,19 +48,17 @@ def evaluate(
     was_training = model.training
     model.train(bn_train_mode)
     device = data.device
-    term_sums: dict[str, torch.Tensor] = {}
+    terms = RunningMean("evaluation")
     histogram = torch.zeros(model.size_dict, dtype=torch.long, device=device)
     sse_sum = torch.zeros((), dtype=torch.float64, device=device)
     classes = model.in_channels if model.kind == "labels" else 0
     confusion = torch.zeros((), dtype=torch.long, device=device)  # becomes (C, C + 1), see metrics.confusion_matrix
-    recons, n_batches = [], 0
+    recons = []
     for x in eval_batches(data, batch_size):
         with _autocast(device, precision):
             out = model(x, mode=mode, check_values=False)
-        for name, value in out.terms.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value.detach().float()
-        codes = out.indices.flatten()
-        histogram.scatter_add_(0, codes, torch.ones_like(codes))  # bincount would sync with the host
+        terms.add(out.terms)
+        histogram += metrics.codes_to_histogram(out.indices, model.size_dict)
         if model.kind == "image":
             sse_sum += metrics.sse_per_image(x, out.recon.float()).double().sum()
             if keep_recon:
@@ -68,9 +67,8 @@ def evaluate(
             confusion = confusion + metrics.confusion_matrix(out.recon, x, classes)
             if keep_recon:
                 recons.append(out.recon.to(torch.uint8))
-        n_batches += 1
     model.train(was_training)
-    result = {name: float(total) / n_batches for name, total in term_sums.items()}
+    result = terms.means()
     result["perplexity_batch"] = result.pop("perplexity")
     counts = histogram.cpu()
     result["perplexity"] = float(metrics.histogram_to_perplexity(counts))

@@ -22,8 +22,9 @@ import torch
 from bench.atomic import atomic_write
 from bench.batches import num_batches, train_batches
 from bench.data.spec import Splits
-from bench.errors import ConfigError, RunFailed
+from bench.errors import ConfigError
 from bench.evaluate import Evaluation, evaluate
+from bench.running import RunningMean
 
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINT = "checkpoint.pt"
@@ -140,35 +141,6 @@ def cpu_state_dict(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-class RunningMean:
-    """Sums of the named training terms on the device; the host reads them only in ``means``."""
-
-    def __init__(self):
-        self.names: list[str] = []
-        self.total: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, terms: dict[str, torch.Tensor], values: torch.Tensor) -> None:
-        if self.total is None:
-            self.names, self.total = list(terms), values.clone()
-        else:
-            self.total += values
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        """Means over the added steps; raises RunFailed when the mean loss is not finite."""
-        values = dict(zip(self.names, (self.total / self.count).tolist())) if self.count else {}
-        if "loss" in values and not math.isfinite(values["loss"]):
-            raise RunFailed(f"non-finite training loss ({values['loss']})")
-        return values
-
-    def state(self) -> dict:
-        return {"names": self.names, "total": self.total, "count": self.count}
-
-    def load(self, state: dict) -> None:
-        self.names, self.total, self.count = state["names"], state["total"], state["count"]
-
-
 def check_data(model, splits: Splits) -> None:
     """Check every split once before training (shapes; label ranges read the data, one sync)."""
     for split in (splits.train, splits.val, splits.test):
@@ -239,9 +211,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        values = torch.stack([v.detach().float() for v in out.terms.values()])  # one small tensor, no sync
-        self._epoch.add(out.terms, values)
-        self._window.add(out.terms, values)
+        self._epoch.add(out.terms)
+        self._window.add(out.terms)
 
     def fit(self) -> TrainState:
         """Train until ``epochs`` or ``max_steps``, resuming from the workdir's checkpoint if any."""

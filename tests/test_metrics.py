@@ -17,32 +17,29 @@ from bench.errors import ConfigError
 from bench.metrics import (
     METRICS,
     MetricInfo,
-    batch_mean,
     codes_to_histogram,
     confusion_matrix,
     histogram_to_perplexity,
     histogram_to_usage,
     iou_per_class,
     mean_iou,
-    mse_per_element,
     pixel_accuracy,
-    probs_to_perplexity,
     register_metric,
     sse_per_image,
 )
 from bench.registry import Registry
+from sqvae.quantizer import batch_perplexity
 
 # --- reconstruction -------------------------------------------------------------------------------
 
 
-def test_sse_and_mse_by_hand():
+def test_sse_by_hand():
     x = torch.zeros(2, 3, 1, 2)  # D = 6
     x_hat = torch.zeros(2, 3, 1, 2)
     x_hat[0, 0, 0, 0] = 0.5
     x_hat[0, 2, 0, 1] = 1.0  # image 0: 0.25 + 1.0
     x_hat[1] = 0.1  # image 1: 6 × 0.01
     assert sse_per_image(x, x_hat).tolist() == pytest.approx([1.25, 0.06])
-    assert mse_per_element(x, x_hat).tolist() == pytest.approx([1.25 / 6, 0.01])
 
 
 def test_sse_rejects_shape_mismatch():
@@ -82,7 +79,7 @@ def test_usage_on_constructed_histograms():
 
 def test_histogram_counts_and_range():
     counts = codes_to_histogram(torch.tensor([[0, 2], [2, 2]]), 4)
-    assert counts.dtype == torch.float64
+    assert counts.dtype == torch.int64
     assert counts.tolist() == [1, 0, 3, 0]
     with pytest.raises(ValueError, match="0..3"):
         codes_to_histogram(torch.tensor([4]), 4)
@@ -97,31 +94,24 @@ def test_histogram_invariant_to_batching():
     assert histogram_to_perplexity(per_batch) == histogram_to_perplexity(whole)
 
 
-def test_probs_to_perplexity_matches_numpy_formula():
+def test_official_batch_perplexity_matches_numpy_formula():
     g = torch.Generator().manual_seed(1)
     soft = torch.softmax(torch.randn(5, 32, generator=g, dtype=torch.float64), dim=-1)
     hard = codes_to_histogram(torch.randint(0, 32, (100,), generator=g), 32)
-    hard = hard / hard.sum()
-    for p in (soft, hard):
+    hard = (hard / hard.sum()).double()
+    for p in (*soft, hard):  # the model's ``perplexity`` term, one batch's average assignment each
         p_np = p.numpy()
-        expected = np.exp(-np.sum(p_np * np.log(p_np + 1e-7), axis=-1))
-        np.testing.assert_allclose(probs_to_perplexity(p).numpy(), expected, rtol=1e-12)
+        expected = np.exp(-np.sum(p_np * np.log(p_np + 1e-7)))
+        assert float(batch_perplexity(p)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_batch_mean_perplexity_is_below_dataset_perplexity():
     # Batch 1 uses only code 0, batch 2 only code 1 (SPEC §1.6: the per-batch value is capped).
     batches = [torch.tensor([0, 0, 0, 0]), torch.tensor([1, 1, 1, 1])]
-    per_batch = [probs_to_perplexity(codes_to_histogram(b, 2) / 4) for b in batches]
-    assert batch_mean(per_batch) == pytest.approx(1.0, abs=1e-6)
+    per_batch = [float(batch_perplexity(codes_to_histogram(b, 2).double() / 4)) for b in batches]
+    assert np.mean(per_batch) == pytest.approx(1.0, abs=1e-6)
     dataset = sum(codes_to_histogram(b, 2) for b in batches)
     assert histogram_to_perplexity(dataset) == pytest.approx(2.0, rel=1e-12)
-
-
-def test_batch_mean():
-    assert batch_mean([1.0, 2.0, 3.0, 6.0]) == 3.0
-    assert batch_mean(torch.tensor([2.0, 4.0])) == 3.0
-    with pytest.raises(ValueError):
-        batch_mean([])
 
 
 # --- segmentation ---------------------------------------------------------------------------------

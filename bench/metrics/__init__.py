@@ -11,14 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.metrics.codebook import (
-    batch_mean,
-    codes_to_histogram,
-    histogram_to_perplexity,
-    histogram_to_usage,
-    probs_to_perplexity,
-)
-from bench.metrics.reconstruction import mse_per_element, sse_per_image
+from bench.metrics.codebook import codes_to_histogram, histogram_to_perplexity, histogram_to_usage
+from bench.metrics.reconstruction import sse_per_image
 from bench.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from bench.registry import Registry
 
@@ -102,7 +96,6 @@ def __getattr__(name: str):
 __all__ = [
     "METRICS",
     "MetricInfo",
-    "batch_mean",
     "codes_to_histogram",
     "compute_fid",
     "confusion_matrix",
@@ -110,9 +103,7 @@ __all__ = [
     "histogram_to_usage",
     "iou_per_class",
     "mean_iou",
-    "mse_per_element",
     "pixel_accuracy",
-    "probs_to_perplexity",
     "register_metric",
     "sse_per_image",
 ]

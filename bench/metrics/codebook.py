@@ -2,20 +2,17 @@
 
 Two perplexities are kept apart on purpose:
 
-* the official per-batch value ``probs_to_perplexity`` = exp(−Σ_k p̄_k log(p̄_k + 1e-7)), averaged
-  over the batches of a loader with ``batch_mean`` ("batch-mean perplexity (B=32)");
+* the official per-batch value exp(−Σ_k p̄_k log(p̄_k + 1e-7)), which every model reports as its
+  ``perplexity`` term (``sqvae.quantizer.batch_perplexity``) and the evaluation averages over the
+  batches of a split ("batch-mean perplexity (B=32)");
 * the dataset-level value: one histogram over the whole split (``codes_to_histogram``, summed over
   batches) -> ``histogram_to_perplexity`` (exact entropy, 0·log 0 = 0).
 """
 from __future__ import annotations
 
-from typing import Iterable
-
-import numpy as np
 import torch
 
-OFFICIAL_LOG_EPS = 1e-7  # the constant inside the official per-batch perplexity
-
+from bench.metrics.counting import count_indices
 
 def codes_to_histogram(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Count how often each code index occurs.
@@ -24,15 +21,16 @@ def codes_to_histogram(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
         indices: integer tensor of code indices, any shape.
         num_codes: codebook size K.
     Returns:
-        (K,) float64 counts, on the device of ``indices``. Histograms of batches add up to the
+        (K,) int64 counts, on the device of ``indices``. Histograms of batches add up to the
         histogram of their concatenation.
     Raises:
-        ValueError: an index lies outside 0..K−1.
+        ValueError: an index lies outside 0..K−1 (checked on the CPU; on an accelerator the check
+            would make the host wait for the device).
     """
     flat = indices.reshape(-1).long()
-    if flat.numel() and (flat.min() < 0 or flat.max() >= num_codes):
+    if flat.device.type == "cpu" and flat.numel() and (flat.min() < 0 or flat.max() >= num_codes):
         raise ValueError(f"code indices must lie in 0..{num_codes - 1}; got {flat.min()}..{flat.max()}")
-    return torch.bincount(flat, minlength=num_codes).to(torch.float64)
+    return count_indices(flat, num_codes)
 
 
 def _as_counts(counts) -> torch.Tensor:
@@ -66,28 +64,3 @@ def histogram_to_usage(counts) -> float:
     """
     counts = _as_counts(counts)
     return float((counts > 0).sum()) / counts.numel()
-
-
-def probs_to_perplexity(avg_probs: torch.Tensor) -> torch.Tensor:
-    """The official per-batch perplexity exp(−Σ_k p̄_k log(p̄_k + 1e-7)) (SPEC §1.6).
-
-    Args:
-        avg_probs: (..., K) code probabilities averaged over the B·d_z positions of a batch (mean
-            softmax in training and stochastic evaluation, one-hot fractions in deterministic
-            evaluation).
-    Returns:
-        Tensor of shape (...), a scalar for a (K,) input.
-    """
-    return torch.exp(-torch.sum(avg_probs * torch.log(avg_probs + OFFICIAL_LOG_EPS), dim=-1))
-
-
-def batch_mean(values: Iterable[float]) -> float:
-    """Arithmetic mean of per-batch values, each batch weighted equally (the last partial one too).
-
-    Raises:
-        ValueError: no values.
-    """
-    values = np.asarray([float(v) for v in values], dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("batch_mean needs at least one value")
-    return float(values.mean())

@@ -1,8 +1,9 @@
 """Reconstruction error per image (SPEC §1.6).
 
 The official code's "mse" is the per-image sum of squared errors over C×H×W with pixels in [0, 1];
-the per-element MSE divides that by D = C·H·W. Both are returned per image, shape (B,), so callers
-choose how to average (the official code averages over a batch, then over batches).
+the per-element MSE divides that by D = C·H·W (bench.evaluate does, over a whole split). The SSE is
+returned per image, shape (B,), so callers choose how to average (the official code averages over a
+batch, then over batches).
 """
 from __future__ import annotations
 
@@ -27,14 +28,3 @@ def sse_per_image(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(x, x_hat)
     return (x - x_hat).pow(2).flatten(1).sum(dim=1)
-
-
-def mse_per_element(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Per-element mean squared error of each image: ``sse_per_image / D`` with D = C·H·W.
-
-    Returns:
-        (B,) tensor.
-    Raises:
-        ValueError: as ``sse_per_image``.
-    """
-    return sse_per_image(x, x_hat) / x[0].numel()

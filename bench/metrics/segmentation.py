@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from bench.metrics.counting import count_indices
+
 OFFICIAL_EPS = 2.220446049250313e-16  # np.spacing(1), added to every denominator by the official code
 ABSENT_CHOICES = ("zero", "ignore")
 
@@ -38,11 +40,11 @@ def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> 
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must share one shape; got {tuple(pred.shape)} and {tuple(gt.shape)}")
     pred, gt = pred.reshape(-1).long().to(gt.device), gt.reshape(-1).long()
-    labelled = (gt >= 0) & (gt < num_classes)
-    pred, gt = pred[labelled], gt[labelled]
     pred = torch.where((pred >= 0) & (pred < num_classes), pred, torch.full_like(pred, num_classes))
-    flat = gt * (num_classes + 1) + pred
-    return torch.bincount(flat, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
+    cells = num_classes * (num_classes + 1)
+    # unlabelled pixels go to one extra bin, dropped below: no mask, so no sync with an accelerator
+    flat = torch.where((gt >= 0) & (gt < num_classes), gt * (num_classes + 1) + pred, torch.full_like(gt, cells))
+    return count_indices(flat, cells + 1)[:cells].reshape(num_classes, num_classes + 1)
 
 
 def _areas(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
