@@ -56,10 +56,11 @@ def cmd_run(args) -> int:
     for cell_id, reason in summary.failed.items():
         print(f"  FAILED {cell_id}: {reason} (see {output / 'cells' / cell_id / 'status.json'})")
     if summary.completed or summary.skipped:
-        written = write_tables(output, Path(args.results or DEFAULT_RESULTS / suite.name),
-                               metrics=list(suite.metrics) or None, cell_ids=[c.cell_id for c in cells])
+        results = Path(args.results or DEFAULT_RESULTS / suite.name)
+        written = write_tables(output, results, metrics=list(suite.metrics) or None,
+                               cell_ids=[c.cell_id for c in cells])
         print("\n" + written["markdown"])
-        print(f"Tables and plot: {Path(args.results or DEFAULT_RESULTS / suite.name)}/")
+        print(f"Tables and plot: {results}/")
     else:  # every cell failed: that is exit code 1, not a table error (2)
         print("No completed cell, so no tables.")
     print(f"Cell folders: {output / 'cells'}/")

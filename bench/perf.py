@@ -9,18 +9,19 @@ A ratio near 1 means the harness adds next to nothing to the model's own cost.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-from bench.batches import epoch_order, to_model_input
+from bench.batches import train_batches
 from bench.data import load_dataset
 from bench.errors import ConfigError
 from bench.models import build_model
 from bench.run import resolve_device
-from bench.train import TrainConfig, Trainer, resolve_precision, seed_everything
+from bench.train import TrainConfig, Trainer, seed_everything
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,8 @@ def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50
     cfg = TrainConfig(batch_size=batch_size, max_steps=10**9, log_every=100, precision=precision)
     trainer = Trainer(model, splits, cfg, seed=0)
     model.train()
-    order = epoch_order(splits.train.shape[0], 0, 1).to(dev)
-    batches = [to_model_input(splits.train[order[i * batch_size:(i + 1) * batch_size]]) for i in range(steps)]
-    amp = resolve_precision(precision, dev) == "bf16"
+    batches = [x for _, x in itertools.islice(train_batches(splits.train, batch_size, seed=0, epoch=1), steps)]
+    amp = trainer.precision == "bf16"
 
     def bare() -> None:
         for x in batches:

@@ -42,16 +42,11 @@ class RunConfig:
             raise ConfigError(f"miou_absent must be one of {', '.join(MIOU_ABSENT)}; got {self.miou_absent!r}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["train"]["betas"] = list(d["train"]["betas"])
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        train = dict(d.get("train", {}))
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        return cls(**{**d, "train": TrainConfig(**train)})
+        return cls(**{**d, "train": TrainConfig(**d.get("train", {}))})
 
 
 @dataclass(frozen=True)
@@ -92,7 +87,8 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
     model = build_model(config.model, splits.spec, config.model_options).to(device)
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, splits.to(device), config.train, config.seed, workdir, hooks)
+    data = splits.to(device)
+    trainer = Trainer(model, data, config.train, config.seed, workdir, hooks)
     state = trainer.fit()
     want_fid = config.fid and splits.spec.kind == "image"
     test, stochastic = trainer.test(keep_recon=want_fid, miou_absent=config.miou_absent)
@@ -102,7 +98,7 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
         results["fid"] = metrics.compute_fid(test.recon, splits.test, cache_dir=env.fid_cache, cache_key=key,
                                              weights_path=env.fid_weights, device=device)
     if workdir is not None:
-        save_pictures(model, splits.test.to(device), test.histogram, state.history, Path(workdir) / "images")
+        save_pictures(model, data.test, test.histogram, state.history, Path(workdir) / "images")
     return {
         "test": results,
         "test_stochastic": stochastic,

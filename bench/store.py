@@ -18,7 +18,10 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import torch
 
 from bench.atomic import atomic_write
 
@@ -59,14 +62,12 @@ def git_commit() -> str | None:
                              cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def environment(device: str) -> dict:
-    import torch
-
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         package = version("sqvae-bench")
     except PackageNotFoundError:
@@ -88,7 +89,7 @@ class CellRecord:
 
 
 def load_cells(output: Path) -> list[CellRecord]:
-    """Every cell folder under ``output`` (sorted by id); unreadable folders are skipped."""
+    """Every cell folder under ``output`` (sorted by id); folders without a config.json are skipped."""
     records = []
     root = Path(output) / CELLS
     for folder in sorted(root.iterdir()) if root.exists() else []:

@@ -121,9 +121,7 @@ def _named_entries(value, source: Path, key: str, registry, entry_keys: tuple[st
         raise _fail(source, key, f"needs at least one {registry.kind}")
     entries = {}
     for name, settings in value.items():
-        if name not in registry:
-            raise _fail(source, f"{key}.{name}", f"unknown {registry.kind}{did_you_mean(str(name), registry.names())}; "
-                        f"valid: {', '.join(sorted(registry.names()))}")
+        _check_name(name, registry, source, f"{key}.{name}")
         settings = settings or {}
         _expect(settings, dict, source, f"{key}.{name}", "a mapping")
         _check_keys(settings, entry_keys, source, f"{key}.{name}")
@@ -201,9 +199,7 @@ def _validate(raw: dict, source: Path) -> Suite:
         _check_exclude_values(rule, source, f"exclude[{i}]")
     metric_names = _expect(raw.get("metrics") or [], list, source, "metrics", "a list of metric names")
     for name in metric_names:
-        if name not in METRICS:
-            raise _fail(source, "metrics", f"unknown metric '{name}'{did_you_mean(str(name), METRICS.names())}; "
-                        f"valid: {', '.join(METRICS.names())}")
+        _check_name(name, METRICS, source, "metrics")
     miou_absent = raw.get("miou_absent", "zero")
     if miou_absent not in MIOU_ABSENT:
         raise _fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")

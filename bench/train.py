@@ -69,6 +69,7 @@ class TrainConfig:
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2
                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"train.betas must be two numbers in [0, 1); got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(self.betas))  # a YAML list and a tuple are one config
         for key in ("eval_stochastic", "official_vmf_validation"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"train.{key} must be true or false; got {getattr(self, key)!r}")
@@ -160,12 +161,12 @@ class Trainer:
         self.hooks = list(hooks)
         self.device = splits.train.device
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, threshold=1e-4
         )
         self.state = TrainState()
-        self.best_state = cpu_state_dict(model)
+        self.best_state: dict | None = None  # set at the first validation
         self.steps_per_epoch = num_batches(splits.train.shape[0], cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self._epoch = RunningMean()  # training terms since the epoch began
@@ -272,6 +273,8 @@ class Trainer:
             hook.on_epoch(record["epoch"], record)
 
     def load_best(self) -> None:
+        if self.best_state is None:
+            raise RuntimeError("no validated model yet: call fit() first")
         self.model.load_state_dict(self.best_state)
 
     def test(self, keep_recon: bool = False, miou_absent: str = "zero") -> tuple[Evaluation, dict[str, float]]:
