@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, StoreError
 
 DEFAULT_RUNS = Path("runs")
 DEFAULT_RESULTS = Path("results")
@@ -17,7 +17,7 @@ DEFAULT_RESULTS = Path("results")
 def _suite_parts(args):
     from bench.suite import expand, load_suite, parse_only, select
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite)  # a suite whose grid is empty (all excluded) fails here
     cells = select(expand(suite), parse_only(args.only))
     if not cells:
         raise ConfigError(f"--only {args.only!r} selects no cell of suite '{suite.name}'")
@@ -74,7 +74,10 @@ def _print_grid(suite, cells, output: Path) -> None:
 
     print(f"suite {suite.name} ({suite.source}): {len(cells)} cells -> {output}")
     for cell in cells:
-        status = store.read_status(store.cell_dir(output, cell.cell_id))["status"]
+        try:
+            status = store.read_status(store.cell_dir(output, cell.cell_id))["status"]
+        except StoreError:  # `run` sets the file aside and redoes the cell
+            status = "unreadable"
         opts = cell.config.model_options
         print(f"  {cell.cell_id:60s} {status:9s} K={opts['size_dict']} d={opts['dim_dict']} "
               f"epochs={cell.config.train.epochs} max_steps={cell.config.train.max_steps}")
@@ -92,25 +95,38 @@ def cmd_show(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from bench.suite import expand, load_suite
+    from bench.checks import check_results_dir
     from bench.tables import write_tables
 
-    target, cell_ids, suite_metrics = Path(args.target), None, None
-    if (target / "cells").is_dir():
-        output, name = target, target.name
-    else:
-        suite = load_suite(args.target)
-        output, name = Path(args.output or DEFAULT_RUNS / suite.name), suite.name
-        cell_ids, suite_metrics = [cell.cell_id for cell in expand(suite)], list(suite.metrics) or None
-    if not (output / "cells").is_dir():
-        raise ConfigError(f"no results in {output} (expected {output / 'cells'}/); run the suite first")
-    metrics = args.metrics.split(",") if args.metrics else suite_metrics
+    output, name, cell_ids, suite_metrics = _table_source(args)
     results = Path(args.results or DEFAULT_RESULTS / name)
+    check_results_dir(results)
+    metrics = args.metrics.split(",") if args.metrics else suite_metrics
     written = write_tables(output, results, baseline=args.baseline, metrics=metrics, reference=args.reference,
                            cell_ids=cell_ids)
     print(written["markdown"])
     print(f"\nWritten to {results}/")
     return 0
+
+
+def _table_source(args) -> tuple[Path, str, list[str] | None, list[str] | None]:
+    """(run folder, name for the results folder, cell ids, suite metrics) of `table`'s target.
+
+    The target is a run folder (holding cells/) or a suite; any other folder is an error.
+    """
+    from bench.suite import expand, load_suite
+
+    target = Path(args.target)
+    if target.is_dir():
+        if not (target / "cells").is_dir():
+            raise ConfigError(f"{target} holds no run (no {target / 'cells'}/ folder): give a run folder "
+                              "(the --output of `run`) or a suite")
+        return target, target.name, None, None
+    suite = load_suite(args.target)
+    output = Path(args.output or DEFAULT_RUNS / suite.name)
+    if not (output / "cells").is_dir():
+        raise ConfigError(f"no results in {output} (expected {output / 'cells'}/); run the suite first")
+    return output, suite.name, [cell.cell_id for cell in expand(suite)], list(suite.metrics) or None
 
 
 def cmd_list(args) -> int:

@@ -13,5 +13,10 @@ class DataError(BenchError):
     """A dataset is missing or malformed. The message says where we looked and how to get it."""
 
 
+class StoreError(BenchError):
+    """A file of a run folder (status.json, metrics.json, ...) is missing or unreadable; the message
+    names the file and says how to recover."""
+
+
 class RunFailed(BenchError):
     """A training run stopped for a reason worth recording (non-finite loss, ...)."""

@@ -136,16 +136,38 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ConfigError(f"{path}: include cycle: {' -> '.join(map(str, chain + (path,)))}")
     if not path.exists():
         raise ConfigError(f"{path}: suite file not found (suites shipped: {', '.join(shipped_suites())})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = _parse_yaml(path)
     _expect(raw, dict, path, "(top level)", "a mapping")
     _check_keys(raw, SUITE_KEYS, path, "")
     if "include" not in raw:
         return raw
-    base = _read_yaml((path.parent / _expect(raw["include"], str, path, "include", "a file path")).resolve(), chain + (path,))
+    included = _expect(raw["include"], str, path, "include", "a file path")
+    base_path = (path.parent / included).resolve()
+    if not base_path.exists():
+        raise _fail(path, "include", f"{included} not found (looked for {base_path})")
+    base = _read_yaml(base_path, chain + (path,))
     return _merge(_normalise_named(base), _normalise_named({k: v for k, v in raw.items() if k != "include"}))
+
+
+def _parse_yaml(path: Path):
+    """The YAML value of the file at ``path``; {} for an empty file. Raises ConfigError naming it."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a suite file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text YAML file (it holds bytes that are not UTF-8 text)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the suite file ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: 'line L, column C: problem' where PyYAML knows the place."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -188,10 +210,12 @@ def _validate(raw: dict, source: Path) -> Suite:
     raw = _normalise_named(raw)
     seeds = raw.get("seeds", [0])
     _expect(seeds, list, source, "seeds", "a list of integers")
+    if not seeds:
+        raise _fail(source, "seeds", "needs at least one seed")
     for i, seed in enumerate(seeds):
         _expect(seed, int, source, f"seeds[{i}]", "an integer")
     train = dict(_expect(raw.get("train") or {}, dict, source, "train", "a mapping"))
-    _check_keys(train, TRAIN_KEYS, source, "train")
+    _check_train(train, source, "")
     exclude = _expect(raw.get("exclude") or [], list, source, "exclude", "a list of mappings")
     for i, rule in enumerate(exclude):
         _expect(rule, dict, source, f"exclude[{i}]", "a mapping")
@@ -205,8 +229,8 @@ def _validate(raw: dict, source: Path) -> Suite:
         raise _fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")
     datasets = _named_entries(raw["datasets"], source, "datasets", DATASETS, DATASET_KEYS)
     models = _named_entries(raw["models"], source, "models", MODELS, MODEL_KEYS)
-    for name, entry in datasets.items():  # otherwise a misspelt key fails later as a bare TypeError
-        _check_keys(entry["train"], TRAIN_KEYS, source, f"datasets.{name}.train")
+    for name, entry in datasets.items():  # the top level is valid, so an error here is the override's
+        _check_train({**train, **entry["train"]}, source, f"datasets.{name}.", entry["train"])
     for name, entry in models.items():  # otherwise a misspelt dataset name is silently ignored
         for dataset, options in entry["datasets"].items():
             _check_name(dataset, DATASETS, source, f"models.{name}.datasets.{dataset}")
@@ -224,8 +248,25 @@ def _validate(raw: dict, source: Path) -> Suite:
         fid=_expect(raw.get("fid", False), bool, source, "fid", "true or false"),
         miou_absent=miou_absent,
     )
-    check_buildable(expand(suite))  # bad options, train values and model/data mismatches fail here
+    cells = expand(suite)
+    if not cells:
+        raise _fail(source, "exclude", f"excludes every cell, so the suite's grid is empty ({len(datasets)} "
+                    f"datasets x {len(models)} models x {len(seeds)} seeds before exclusions)")
+    check_buildable(cells)  # bad options and model/data mismatches fail here
     return suite
+
+
+def _check_train(train: dict, source: Path, prefix: str, given: dict | None = None) -> None:
+    """Raise ConfigError as '<file>: <prefix>train.<key>: <problem>' unless ``train`` makes a TrainConfig.
+
+    ``given``: the keys written at ``prefix`` (default ``train`` itself), checked against TrainConfig's fields.
+    """
+    _check_keys(train if given is None else given, TRAIN_KEYS, source, f"{prefix}train")
+    try:
+        TrainConfig(**train)
+    except ConfigError as err:  # TrainConfig says "train.<key> must be ..."
+        key_path, _, problem = str(err).partition(" ")
+        raise _fail(source, f"{prefix}{key_path}", problem) from None
 
 
 def check_buildable(cells: list[Cell]) -> None:

@@ -4,6 +4,11 @@ ive(nu, k) = I_nu(k) e^{-k} is evaluated by scipy.special.ive in float64 on the 
 synchronisation per call, as in the official code). Working with the log keeps the value finite for
 orders up to 32 and kappa from 1e-2 to 1e4, where ive itself spans about 1e-110 to 1e-2.
 d/dk log ive(nu, k) = ive(nu - 1, k) / ive(nu, k) - (nu + k) / k.
+
+Outside that range (kappa 0, or ive underflowing to 0 as a run diverges) the log and the ratio are
+-inf, inf or NaN. numpy would warn "divide by zero" / "invalid value" / "overflow" at every call, flooding the
+log; those warnings are silenced here, around these expressions only, and the values are left as
+they are: a non-finite loss stops the run through the trainer's own check.
 """
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import torch
 
 
 def _log_ive_numpy(nu: float, kappa: np.ndarray) -> np.ndarray:
-    return np.log(scipy.special.ive(nu, kappa))
+    with np.errstate(divide="ignore"):  # log(0) = -inf where ive underflows
+        return np.log(scipy.special.ive(nu, kappa))
 
 
 def _dlog_ive_numpy(nu: float, kappa: np.ndarray) -> np.ndarray:
-    ratio = scipy.special.ive(nu - 1.0, kappa) / scipy.special.ive(nu, kappa)
-    return ratio - (nu + kappa) / kappa
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # x / 0, 0 / 0, x / denormal
+        ratio = scipy.special.ive(nu - 1.0, kappa) / scipy.special.ive(nu, kappa)
+        return ratio - (nu + kappa) / kappa
 
 
 class LogIve(torch.autograd.Function):

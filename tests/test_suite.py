@@ -303,7 +303,7 @@ def test_unquoted_1e_minus_3_is_text_in_yaml_and_the_message_says_so(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: lr\ndatasets: [shapes]\nmodels: [vqvae]\ntrain:\n  lr: 1e-3\n")
     message = load_error(path)
-    assert str(path) in message and "train.lr must be a number; got '1e-3'" in message
+    assert str(path) in message and "train.lr: must be a number; got '1e-3'" in message
     assert "YAML reads 1e-3 as text: write 1.0e-3" in message
     path.write_text("name: lr\ndatasets: [shapes]\nmodels: [vqvae]\ntrain:\n  lr: 1.0e-3\n")
     assert expand(load_suite(path))[0].config.train.lr == 1e-3

@@ -6,12 +6,14 @@
 Built-in names: mnist, fashion-mnist, cifar10, celeba, celebamask-hq, shapes, shapes-labels. A new
 dataset is a loader ``loader(root, download, seed, *, <options>) -> Splits`` and its DataSpec
 (or a function of the options returning it), added with ``register_dataset``, the same call the
-built-ins use. ``dataset_spec`` answers what a dataset is without loading it.
+built-ins use. ``dataset_spec`` answers what a dataset is without loading it, ``check_dataset``
+whether its files are there and sound (names, headers, sizes) without loading them.
 """
 from bench.data import celeba, celebamask, shapes, torchvision_sets
 from bench.data.registry import (
     DATASETS,
     ENV_VAR,
+    check_dataset,
     dataset_names,
     dataset_options,
     dataset_spec,
@@ -26,6 +28,7 @@ __all__ = [
     "ENV_VAR",
     "DataSpec",
     "Splits",
+    "check_dataset",
     "dataset_names",
     "dataset_options",
     "dataset_spec",
@@ -34,14 +37,15 @@ __all__ = [
     "register_dataset",
 ]
 
-_BUILTINS = {
-    "mnist": (torchvision_sets.load_mnist, DataSpec("mnist", "image", 1, 28)),
-    "fashion-mnist": (torchvision_sets.load_fashion_mnist, DataSpec("fashion-mnist", "image", 1, 28)),
-    "cifar10": (torchvision_sets.load_cifar10, DataSpec("cifar10", "image", 3, 32)),
-    "celeba": (celeba.load_celeba, celeba.SPEC),
-    "celebamask-hq": (celebamask.load_celebamask_hq, celebamask.SPEC),
-    "shapes": (shapes.load_shapes, shapes.shapes_spec),
-    "shapes-labels": (shapes.load_shapes_labels, shapes.shapes_labels_spec),
+_BUILTINS = {  # name: (loader, spec, check)
+    "mnist": (torchvision_sets.load_mnist, DataSpec("mnist", "image", 1, 28), torchvision_sets.check_mnist),
+    "fashion-mnist": (torchvision_sets.load_fashion_mnist, DataSpec("fashion-mnist", "image", 1, 28),
+                      torchvision_sets.check_fashion_mnist),
+    "cifar10": (torchvision_sets.load_cifar10, DataSpec("cifar10", "image", 3, 32), torchvision_sets.check_cifar10),
+    "celeba": (celeba.load_celeba, celeba.SPEC, celeba.check_celeba),
+    "celebamask-hq": (celebamask.load_celebamask_hq, celebamask.SPEC, celebamask.check_celebamask_hq),
+    "shapes": (shapes.load_shapes, shapes.shapes_spec, None),
+    "shapes-labels": (shapes.load_shapes_labels, shapes.shapes_labels_spec, None),
 }
-for _name, (_loader, _spec) in _BUILTINS.items():
-    register_dataset(_name, _loader, _spec)
+for _name, (_loader, _spec, _check) in _BUILTINS.items():
+    register_dataset(_name, _loader, _spec, _check)

@@ -12,7 +12,6 @@ cached in ``<root>/celeba/sqvae_bench_cache_64.pt``, keyed by the JPEG count and
 from __future__ import annotations
 
 import functools
-
 import os
 from pathlib import Path
 
@@ -45,16 +44,36 @@ def load_celeba(root: Path, download: bool, seed: int) -> Splits:
 
     Raises: DataError if the folder, the partition file or a listed image is missing or unreadable.
     """
-    folder = root / FOLDER
-    if download and not _present(folder):
-        _download(root, folder)
-    if not _present(folder):
-        raise _error([folder / IMAGES, folder / PARTITION], "data not found")
+    folder = _folder(root, download)
     partition = read_partition(folder / PARTITION)
     key = {"version": CACHE_VERSION, "crop": CROP, "size": SIZE, "jpgs": _count_jpgs(folder / IMAGES),
            "partition": len(partition)}
     tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(folder / IMAGES, partition))
     return Splits(SPEC, *(tensors[split] for split in SPLITS))
+
+
+def check_celeba(root: Path, download: bool) -> None:
+    """Raise DataError unless the partition file is well formed, lists images in every split, and
+    every image it lists is in the image folder (names only: no image is opened)."""
+    folder = _folder(root, download)
+    partition = read_partition(folder / PARTITION)
+    _split_names(folder / PARTITION, partition)
+    with os.scandir(folder / IMAGES) as entries:
+        present = {entry.name for entry in entries}
+    missing = [name for name, _ in partition if name not in present]
+    if missing:
+        raise _error([folder / IMAGES / missing[0]], f"{len(missing)} of the {len(partition)} images listed in "
+                                                     f"{PARTITION} are missing, the first being {missing[0]}")
+
+
+def _folder(root: Path, download: bool) -> Path:
+    """<root>/celeba, checked to hold the image folder and the partition file (downloaded if asked)."""
+    folder = root / FOLDER
+    if download and not _present(folder):
+        _download(root, folder)
+    if not _present(folder):
+        raise _error([folder / IMAGES, folder / PARTITION], "data not found")
+    return folder
 
 
 def read_partition(path: Path) -> list[tuple[str, int]]:
@@ -88,12 +107,18 @@ def _download(root: Path, folder: Path) -> None:
         raise _error([folder], f"download failed: {error}") from error
 
 
-def _preprocess(images: Path, partition: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-    """Decode, crop and resize every listed image into one preallocated uint8 tensor per split."""
+def _split_names(path: Path, partition: list[tuple[str, int]]) -> dict[str, list[str]]:
+    """The image names of each split; raises DataError naming ``path`` if a split has none."""
     names = {split: [name for name, part in partition if part == index] for index, split in enumerate(SPLITS)}
     for split, listed in names.items():
         if not listed:
-            raise _error([images.parent / PARTITION], f"no images in the {split} partition")
+            raise _error([path], f"no images in the {split} partition")
+    return names
+
+
+def _preprocess(images: Path, partition: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    """Decode, crop and resize every listed image into one preallocated uint8 tensor per split."""
+    names = _split_names(images.parent / PARTITION, partition)
     out = {split: torch.empty((len(listed), 3, SIZE, SIZE), dtype=torch.uint8) for split, listed in names.items()}
     with tqdm(total=len(partition), desc=f"celeba: preprocessing to {SIZE}x{SIZE}", unit="img") as progress:
         for split, listed in names.items():

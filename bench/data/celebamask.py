@@ -43,14 +43,25 @@ def load_celebamask_hq(root: Path, download: bool, seed: int) -> Splits:
         not an 8-bit label map with values 0..18.
     """
     folder = root / FOLDER
+    paths = _split_paths(folder)
+    key = {"version": CACHE_VERSION, "size": SIZE, "labels": {split: len(listed) for split, listed in paths.items()}}
+    tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(paths))
+    return Splits(SPEC, *(tensors[split] for split in SPLITS))
+
+
+def check_celebamask_hq(root: Path, download: bool) -> None:
+    """Raise DataError unless every split's label folder holds 0.png .. (N-1).png, N >= 1 (no map is
+    opened). ``download`` is unused: the dataset cannot be downloaded."""
+    _split_paths(root / FOLDER)
+
+
+def _split_paths(folder: Path) -> dict[str, list[Path]]:
+    """The label map paths of each split; raises DataError if a folder is missing, empty or has a gap."""
     counts = {split: _count_pngs(folder / f"{split}_label") for split in SPLITS}
     empty = [folder / f"{split}_label" for split, count in counts.items() if count == 0]
     if empty:
         raise _error(empty, "data not found (no label maps)")
-    paths = {split: label_paths(folder / f"{split}_label", count) for split, count in counts.items()}
-    key = {"version": CACHE_VERSION, "size": SIZE, "labels": counts}
-    tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(paths))
-    return Splits(SPEC, *(tensors[split] for split in SPLITS))
+    return {split: label_paths(folder / f"{split}_label", count) for split, count in counts.items()}
 
 
 def label_paths(labels: Path, count: int) -> list[Path]:

@@ -2,7 +2,10 @@
 
 A loader is a function ``loader(root: Path, download: bool, seed: int, *, <options>) -> Splits``.
 Its keyword-only parameters are the dataset's options, so ``load_dataset`` checks option names
-against the signature itself and there is no second list to keep in sync.
+against the signature itself and there is no second list to keep in sync. A dataset read from files
+may also register a check, ``check(root: Path, download: bool, **options) -> None``, that finds
+missing or damaged files from their names, headers and sizes without loading them
+(``check_dataset``), so a run fails before anything starts rather than in a worker.
 
 Also here: where the data root is, the one layout of a data error (dataset, paths looked at, files
 expected, how to get them), and the atomic uint8 tensor cache of the slow-to-decode image folders.
@@ -33,16 +36,20 @@ Loader = Callable[..., Splits]
 class DatasetEntry:
     """loader: ``loader(root, download, seed, *, <options>) -> Splits``.
     spec: the DataSpec, or ``spec(**options) -> DataSpec`` when options change it; known without
-    reading any data, so suites resolve and validate before anything is loaded."""
+    reading any data, so suites resolve and validate before anything is loaded.
+    check: ``check(root, download, **options)``, raising DataError where ``loader`` would fail for
+    want of files (downloading them first when ``download`` and possible); None: nothing to check."""
 
     loader: Loader
     spec: DataSpec | Callable[..., DataSpec]
+    check: Callable[..., None] | None = None
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
-def register_dataset(name: str, loader: Loader, spec: DataSpec | Callable[..., DataSpec]) -> Loader:
+def register_dataset(name: str, loader: Loader, spec: DataSpec | Callable[..., DataSpec],
+                     check: Callable[..., None] | None = None) -> Loader:
     """Make ``loader`` available to ``load_dataset`` (and suite files) as ``name``.
 
     Args:
@@ -50,10 +57,12 @@ def register_dataset(name: str, loader: Loader, spec: DataSpec | Callable[..., D
         loader: ``loader(root, download, seed, *, <options>) -> Splits``; its keyword-only
             parameters, with defaults, are the dataset's options.
         spec: the dataset's DataSpec, or a function of the options that returns it.
+        check: optional ``check(root, download, **options)`` for ``check_dataset``: raises DataError
+            when the files are missing or damaged, reading names, headers and sizes only.
     Returns: the loader, unchanged.
     Raises: ValueError if the name is taken.
     """
-    DATASETS.register(name, DatasetEntry(loader, spec))
+    DATASETS.register(name, DatasetEntry(loader, spec, check))
     return loader
 
 
@@ -100,6 +109,21 @@ def load_dataset(
     loader = DATASETS.get(name).loader
     _check_options(name, options, dataset_options(name))
     return loader(resolve_root(root), download, seed, **options)
+
+
+def check_dataset(name: str, root: str | Path | None = None, download: bool = False, **options) -> None:
+    """Check that dataset ``name`` is present and readable, without loading it.
+
+    Runs the dataset's registered check (none for generated datasets). With ``download``, a
+    missing dataset that can be downloaded is downloaded here, once, then checked.
+    Raises:
+        ConfigError: unknown dataset name or option.
+        DataError: the data is missing or malformed (the layout of ``data_error``).
+    """
+    entry = DATASETS.get(name)
+    _check_options(name, options, dataset_options(name))
+    if entry.check is not None:
+        entry.check(resolve_root(root), download, **options)
 
 
 def _check_options(name: str, given: dict[str, object], valid: dict[str, object]) -> None:

@@ -7,11 +7,17 @@ MNIST and Fashion-MNIST are read by torchvision's own dataset classes. CIFAR10 i
 CIFAR10 md5-checks every batch file, so it refuses any copy that is not byte-identical to the
 official archive (our tiny test files included). We read its documented python-pickle batches
 ourselves after checking that the files exist, and use torchvision only to download them.
+
+The checks (``check_mnist``, ``check_fashion_mnist``, ``check_cifar10``) read headers and sizes only:
+an idx file's magic number and dimensions must account for its size exactly; a CIFAR10 batch must
+be at least as long as batches.meta says a batch is and end with the pickle STOP opcode, which a
+truncated file has lost.
 """
 from __future__ import annotations
 
+import math
 import pickle
-from functools import partial
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -32,11 +38,16 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+# torchvision's class of each idx set; it reads <root>/<class name>/raw
+IDX_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IDX_UBYTE = 0x08  # the idx type code of unsigned bytes, the only one these sets use
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_FILES = CIFAR_TRAIN_FILES + ("test_batch", "batches.meta")
 IDX_NOTE = " (uncompressed: gunzip the .gz files, or pass download=True, which extracts them)"
 DOWNLOAD_HINT = "pass download=True (CLI: --download)"
+CIFAR_ROW = 3 * 32 * 32  # bytes of one image in a batch
+PICKLE_STOP = b"."  # the last opcode of every pickle
 
 
 def _datasets():
@@ -48,30 +59,115 @@ def _datasets():
 
 def load_mnist(root: Path, download: bool, seed: int) -> Splits:
     """MNIST as (N, 1, 28, 28) uint8: train 50,000 / val 10,000 / test 10,000. ``seed`` is unused."""
-    return _load_idx_set("mnist", _datasets().MNIST, root, download)
+    return _load_idx_set("mnist", root, download)
 
 
 def load_fashion_mnist(root: Path, download: bool, seed: int) -> Splits:
     """Fashion-MNIST, split like MNIST. ``seed`` is unused."""
-    return _load_idx_set("fashion-mnist", _datasets().FashionMNIST, root, download)
+    return _load_idx_set("fashion-mnist", root, download)
 
 
 def load_cifar10(root: Path, download: bool, seed: int) -> Splits:
     """CIFAR10 as (N, 3, 32, 32) uint8: train 40,000 / val 10,000 / test 10,000. ``seed`` is unused."""
-    folder = root / CIFAR_FOLDER
-    _require_files("cifar10", folder, CIFAR_FILES, download, partial(_datasets().CIFAR10, root, download=True))
+    folder = _cifar_folder(root, download)
     train = torch.cat([_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES])
     test = _read_cifar_batch(folder / "test_batch")
     return _split_official_train(DataSpec("cifar10", "image", 3, 32), train, test, folder)
 
 
-def _load_idx_set(name: str, dataset_class: type, root: Path, download: bool) -> Splits:
-    # torchvision looks in <root>/<class name>/raw for the uncompressed idx files
-    raw = root / dataset_class.__name__ / "raw"
-    fetch = partial(dataset_class, root, train=True, download=True)  # fetches both parts
+def check_mnist(root: Path, download: bool) -> None:
+    """Raise DataError unless the four MNIST idx files are there, whole, and big enough to split."""
+    _check_idx_set("mnist", root, download)
+
+
+def check_fashion_mnist(root: Path, download: bool) -> None:
+    """Raise DataError unless the four Fashion-MNIST idx files are there, whole, and big enough to split."""
+    _check_idx_set("fashion-mnist", root, download)
+
+
+def check_cifar10(root: Path, download: bool) -> None:
+    """Raise DataError unless the CIFAR10 batches are there, none truncated, and big enough to split."""
+    folder = _cifar_folder(root, download)
+    per_batch = _cifar_batch_size(folder / "batches.meta")
+    for name in CIFAR_TRAIN_FILES + ("test_batch",):
+        _check_pickle_length(folder / name, per_batch * CIFAR_ROW)
+    _check_split_size("cifar10", len(CIFAR_TRAIN_FILES) * per_batch, folder)
+
+
+def _idx_folder(name: str, root: Path, download: bool) -> Path:
+    """The raw folder of an idx set, every idx file checked present (downloaded first if asked)."""
+    class_name = IDX_CLASSES[name]
+    raw = root / class_name / "raw"  # where torchvision looks for the uncompressed idx files
+
+    def fetch():  # fetches both parts
+        return getattr(_datasets(), class_name)(root, train=True, download=True)
+
     _require_files(name, raw, IDX_FILES, download, fetch, IDX_NOTE)
+    return raw
+
+
+def _cifar_folder(root: Path, download: bool) -> Path:
+    """The CIFAR10 folder, every batch file checked present (downloaded first if asked)."""
+    folder = root / CIFAR_FOLDER
+    _require_files("cifar10", folder, CIFAR_FILES, download, lambda: _datasets().CIFAR10(root, download=True))
+    return folder
+
+
+def _load_idx_set(name: str, root: Path, download: bool) -> Splits:
+    raw = _idx_folder(name, root, download)
+    dataset_class = getattr(_datasets(), IDX_CLASSES[name])
     train, test = (_read_idx_images(name, dataset_class, root, raw, part) for part in (True, False))
     return _split_official_train(DataSpec(name, "image", 1, 28), train, test, raw)
+
+
+def _check_idx_set(name: str, root: Path, download: bool) -> None:
+    """Headers and sizes of the four idx files: (n, 28, 28) images, n labels, n above the cut."""
+    raw = _idx_folder(name, root, download)
+    counts = {}
+    for part in ("train", "t10k"):
+        images, labels = raw / f"{part}-images-idx3-ubyte", raw / f"{part}-labels-idx1-ubyte"
+        image_dims, label_dims = read_idx_header(name, images), read_idx_header(name, labels)
+        if len(image_dims) != 3 or image_dims[1:] != (28, 28):
+            raise _malformed(name, [images], f"{images.name} has dimensions {image_dims}, not (n, 28, 28)")
+        if label_dims != image_dims[:1]:
+            raise _malformed(name, [labels], f"{labels.name} has dimensions {label_dims}, not "
+                                             f"({image_dims[0]},) as the images")
+        counts[part] = image_dims[0]
+    _check_split_size(name, counts["train"], raw)
+
+
+def read_idx_header(name: str, path: Path) -> tuple[int, ...]:
+    """The dimensions an idx file declares, checked against its magic number and its size.
+
+    The format: two zero bytes, the type code (0x08, unsigned bytes), the number of dimensions,
+    each dimension as a big-endian uint32, then the data, one byte per element.
+    Raises: DataError (``name``'s malformed-data layout) naming ``path``.
+    """
+    head, size = _read_at(name, path, 0, 4 + 4 * 4)  # the longest header: four dimensions
+    if len(head) < 4 or head[:3] != bytes((0, 0, IDX_UBYTE)) or not 1 <= head[3] <= 4:
+        raise _malformed(name, [path], f"{path.name} is not an idx file of unsigned bytes "
+                                       f"(starts {head[:4].hex() or 'empty'})")
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        raise _malformed(name, [path], f"{path.name}: header cut short (truncated file?)")
+    dims = struct.unpack(f">{ndim}I", head[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if size != expected:
+        raise _malformed(name, [path], f"{path.name} is {size} bytes where its header {dims} needs {expected} "
+                                       "(truncated file?)")
+    return dims
+
+
+def _read_at(name: str, path: Path, start: int, count: int) -> tuple[bytes, int]:
+    """Up to ``count`` bytes of ``path`` from offset ``start`` (from the end when negative), and
+    the file's size in bytes. Raises DataError naming ``path`` if it cannot be read."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(max(size + start, 0) if start < 0 else start)
+            return f.read(count), size
+    except OSError as error:
+        raise _malformed(name, [path], f"cannot read {path.name} ({error.strerror})") from error
 
 
 def _require_files(
@@ -128,13 +224,37 @@ def _read_cifar_batch(path: Path) -> torch.Tensor:
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
 
 
+def _cifar_batch_size(meta: Path) -> int:
+    """The images per batch that batches.meta declares (10,000 in the official files)."""
+    try:
+        with open(meta, "rb") as f:
+            per_batch = pickle.load(f, encoding="latin1")["num_cases_per_batch"]
+    except Exception as error:  # unpickling a damaged file can raise almost anything
+        raise _malformed("cifar10", [meta], f"batches.meta is not the CIFAR10 metadata pickle ({error!r})") from error
+    if isinstance(per_batch, bool) or not isinstance(per_batch, int) or per_batch < 1:
+        raise _malformed("cifar10", [meta], f"batches.meta: num_cases_per_batch is {per_batch!r}, not a positive integer")
+    return per_batch
+
+
+def _check_pickle_length(path: Path, least: int) -> None:
+    """A batch file holds at least ``least`` bytes of pixels and ends as a whole pickle does."""
+    last, size = _read_at("cifar10", path, -1, 1)
+    if size < least or last != PICKLE_STOP:
+        raise _malformed("cifar10", [path], f"{path.name} is cut short (truncated file?): {size} bytes, where a "
+                                            f"batch holds at least {least} bytes of pixels and ends a pickle")
+
+
+def _check_split_size(name: str, train_count: int, folder: Path) -> None:
+    """The official train set must be longer than the VAL_START cut, or the split is empty."""
+    cut = VAL_START[name]
+    if train_count <= cut:
+        raise _malformed(name, [folder], f"the official train set has {train_count} images; the split needs more than {cut}")
+
+
 def _split_official_train(spec: DataSpec, train: torch.Tensor, test: torch.Tensor, folder: Path) -> Splits:
     """Cut the official train set at VAL_START: train = [:cut], val = [cut:], no shuffle."""
+    _check_split_size(spec.name, len(train), folder)
     cut = VAL_START[spec.name]
-    if len(train) <= cut:
-        raise _malformed(
-            spec.name, [folder], f"the official train set has {len(train)} images; the split needs more than {cut}"
-        )
     return Splits(spec, train[:cut], train[cut:], test)
 
 
