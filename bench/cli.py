@@ -25,48 +25,63 @@ def _suite_parts(args):
 
 
 def cmd_run(args) -> int:
+    from bench.lifecycle import RunOptions, check_inputs, run_suite
     from bench.run import RunEnv
-    from bench.scheduler import run_cells
-    from bench.tables import write_tables
-    from bench.tracking import Tracker, resolve_tracking_uri, ui_command
+    from bench.tracking import ui_command
 
     suite, cells = _suite_parts(args)
     output = Path(args.output or DEFAULT_RUNS / suite.name)
+    env = RunEnv(device=args.device, data_root=args.data_root, download=args.download, fid_weights=args.fid_weights,
+                 threads=args.threads, deterministic=args.deterministic)
+    options = RunOptions(output=output, results=Path(args.results or DEFAULT_RESULTS / suite.name), env=env,
+                         workers=args.workers, rerun=args.rerun, tracking=not args.no_tracking,
+                         tracking_uri=args.tracking_uri, tracking_optional=args.tracking_optional,
+                         progress=not args.no_progress)
     if args.dry_run:
+        check_inputs(cells, options)
         _print_grid(suite, cells, output)
         return 0
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1; got {args.workers}")
-    env = RunEnv(device=args.device, data_root=args.data_root, download=args.download,
-                 fid_cache=str(output / "fid_cache"), fid_weights=args.fid_weights)
-    tracker, uri = None, None
-    if not args.no_tracking:
-        uri = resolve_tracking_uri(args.tracking_uri, output)
-        tracker = Tracker(uri, experiment_name=f"sqvae-bench/{suite.name}")
-        tracker.start_suite(suite.name, {"suite_file": str(suite.source), "cells": len(cells), "workers": args.workers},
-                            {"suite": suite.name})
-    summary = run_cells(suite, cells, output, workers=args.workers, env=env, tracker=tracker, rerun=args.rerun,
-                        progress=not args.no_progress)
-    if tracker is not None:
-        tracker.finish_suite("failed" if summary.failed else "completed",
-                             {"completed": len(summary.completed), "skipped": len(summary.skipped),
-                              "failed": len(summary.failed), "seconds": summary.seconds})
+    done = run_suite(suite, cells, options)
+    summary = done.summary
     print(f"\n{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} already done, "
           f"{len(summary.failed)} failed in {summary.seconds:.0f} s")
     for cell_id, reason in summary.failed.items():
         print(f"  FAILED {cell_id}: {reason} (see {output / 'cells' / cell_id / 'status.json'})")
-    if summary.completed or summary.skipped:
-        results = Path(args.results or DEFAULT_RESULTS / suite.name)
-        written = write_tables(output, results, metrics=list(suite.metrics) or None,
-                               cell_ids=[c.cell_id for c in cells])
-        print("\n" + written["markdown"])
-        print(f"Tables and plot: {results}/")
+    if done.tables is not None:
+        print("\n" + done.tables["markdown"])
+        print(f"Tables and plot: {options.results}/")
     else:  # every cell failed: that is exit code 1, not a table error (2)
         print("No completed cell, so no tables.")
     print(f"Cell folders: {output / 'cells'}/")
-    if uri is not None:
-        print(f"MLflow: {ui_command(uri)}")
+    if done.mirrored:
+        print(f"MLflow: mirrored {len(done.mirrored)} earlier cell(s) that it lacked")
+    if done.tracking_error:
+        print(f"MLflow: tracking failed ({done.tracking_error}); not in MLflow: {', '.join(done.untracked) or 'none'}; "
+              f"run `sqvae-bench sync {output}` to mirror them")
+    if done.tracking_uri is not None:
+        print(f"MLflow: {ui_command(done.tracking_uri)}")
     return summary.exit_code
+
+
+def cmd_sync(args) -> int:
+    from bench.lock import OutputLock
+    from bench.mirror import Mirror, open_tracker, suite_names
+    from bench.tracking import resolve_tracking_uri, ui_command
+
+    output = Path(args.output)
+    if not (output / "cells").is_dir():
+        raise ConfigError(f"{output} holds no run (expected {output / 'cells'}/)")
+    uri = resolve_tracking_uri(args.tracking_uri, output)
+    with OutputLock(output):
+        for name in suite_names(output):
+            mirror = Mirror(open_tracker(uri, f"sqvae-bench/{name}"), name, output)
+            mirror.end_stale()
+            mirrored = mirror.sync()
+            if mirror.error:
+                raise ConfigError(f"MLflow sync of {output} failed: {mirror.error}")
+            print(f"{name}: mirrored {len(mirrored)} cell(s) into MLflow")
+    print(f"MLflow: {ui_command(uri)}")
+    return 0
 
 
 def _print_grid(suite, cells, output: Path) -> None:
@@ -150,8 +165,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_perf(args) -> int:
+    from bench.checks import check_device
     from bench.perf import measure
 
+    check_device(args.device)
     result = measure(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                      device=args.device, precision=args.precision)
     print(f"{result.model} on {result.dataset}, batch {result.batch_size}, {result.device}:")
@@ -175,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="store_true", help="run completed cells again (old folders move to replaced/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in --output)")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.add_argument("--tracking-optional", action="store_true",
+                     help="if the tracking store cannot be reached, run without it (said once; `sync` mirrors later)")
+    run.add_argument("--threads", type=int, default=1,
+                     help="intra-op CPU threads per cell (default 1); part of the numerical path, recorded in env.json")
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                     help="PyTorch deterministic algorithms, cuDNN deterministic mode (default on)")
     run.add_argument("--device", default="auto", help="auto (GPUs round-robin, else CPU), cpu, cuda, cuda:1 ...")
     run.add_argument("--data-root", help="dataset root (default $SQVAE_BENCH_DATA or ./data)")
     run.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
@@ -197,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metrics", help="comma-separated metric names")
     table.add_argument("--reference", help="CSV of published numbers: dataset,model,metric,value[,source]")
     table.set_defaults(func=cmd_table)
+
+    sync = sub.add_parser("sync", help="mirror every finished cell folder that MLflow lacks into MLflow")
+    sync.add_argument("output", help="a run folder (the --output of `run`)")
+    sync.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in the folder)")
+    sync.set_defaults(func=cmd_sync)
 
     lst = sub.add_parser("list", help="list models, datasets, suites and metrics")
     lst.add_argument("what", nargs="?", choices=["models", "datasets", "suites", "metrics"])

@@ -19,7 +19,9 @@ from bench.batches import to_model_input
 from bench.data import dataset_spec, load_dataset
 from bench.errors import ConfigError
 from bench.models import build_model, resolve_model_options
-from bench.train import Hooks, TrainConfig, Trainer, seed_everything
+from bench.hooks import Hooks
+from bench.numerics import numerics
+from bench.train import TrainConfig, Trainer, seed_everything
 
 MIOU_ABSENT = ("zero", "ignore")
 
@@ -51,13 +53,21 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class RunEnv:
-    """Where a run runs; nothing here changes its results (except float rounding across devices)."""
+    """Where and how a run runs. Not part of the cell id; ``device``, ``threads`` and
+    ``deterministic`` are part of the numerical path (bench.numerics) and are recorded in env.json.
+
+    threads: intra-op threads of the run on the CPU. Fixed per run (default 1) rather than derived
+    from the number of workers, so ``--workers`` never changes a result.
+    deterministic: PyTorch's deterministic algorithms (and cuDNN's deterministic mode on GPUs).
+    """
 
     device: str = "auto"
     data_root: str | None = None
     download: bool = False
     fid_cache: str | None = None
     fid_weights: str | None = None
+    threads: int = 1
+    deterministic: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,6 +90,11 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
     Returns {"test": deterministic test metrics, "test_stochastic": {...} or {}, "best_epoch",
     "best_val_loss", "steps", "history": per-epoch records, "seconds"}.
     """
+    with numerics(env.threads, env.deterministic):
+        return _run_cell(config, workdir, env, hooks)
+
+
+def _run_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks: Sequence[Hooks]) -> dict:
     started = time.perf_counter()
     device = resolve_device(env.device)
     splits = load_dataset(config.dataset, root=env.data_root, download=env.download, **config.data_options)

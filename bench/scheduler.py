@@ -1,13 +1,19 @@
 """Run a suite's cells on local worker processes, resumably, with MLflow written by one process.
 
-- Each cell runs in a worker process (spawned), on a GPU assigned round-robin or on the CPU.
+- Each cell runs in a worker process (``bench.executor.ProcessExecutor``, spawned), on a GPU assigned
+  round-robin or on the CPU, with a fixed intra-op thread count (``RunEnv.threads``), so the number
+  of workers never changes a result.
 - Isolation: an exception, a non-finite loss or an out-of-memory error marks that cell failed with
   its reason and traceback; the others go on. A worker process that dies outright (a crash, a kill)
-  breaks the process pool: the cells running in it at that moment are marked failed, a new pool
-  takes the remaining cells, and a later invocation resumes the failed ones from their checkpoints.
+  fails only the cell it was running; a fresh worker takes its place, and a later invocation
+  resumes that cell from its checkpoint.
 - Resume: completed cells are skipped; an interrupted cell resumes from its last checkpoint;
   ``rerun=True`` moves completed folders to <output>/replaced/ first, so nothing is overwritten.
-- Workers report through a queue; only this process writes to MLflow and draws progress bars.
+  A cell resumed under another numerical path (threads, device, precision, library versions; see
+  ``bench.numerics``) carries a warning in its status.json, the log and MLflow.
+- Workers report through a queue; only this process writes to MLflow (``bench.mirror``) and draws
+  progress bars. Ctrl-C stops the workers, marks their cells failed ("interrupted", resumable) and
+  ends the open MLflow runs as KILLED.
 """
 from __future__ import annotations
 
@@ -15,24 +21,26 @@ import multiprocessing
 import os
 import queue as queue_module
 import shutil
+import sys
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from bench import store
-from bench.errors import ConfigError
-from bench.run import RunEnv, run_cell
+from bench import numerics, store
+from bench.executor import ProcessExecutor, TaskError, WorkerDied
+from bench.hooks import Hooks
+from bench.mirror import Mirror
+from bench.run import RunEnv, resolve_device, run_cell
 from bench.suite import Cell, Suite
-from bench.tracking import QueueHook, Tracker, apply_event, flatten_params
-from bench.train import Hooks
+from bench.tracking import EVENT_WARNING, QueueHook
+from bench.train import CHECKPOINT, resolve_precision
 
-LOCK = ".lock"
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM); run the same command again to resume from its checkpoint"
 
 
 @dataclass
@@ -67,14 +75,29 @@ def _init_worker(events) -> None:
     _events = events
 
 
-def execute_cell(cell: Cell, folder: Path, env: RunEnv, threads: int) -> tuple[str, str, str | None]:
+def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, list[str]]:
+    """This attempt's numerical record, and what differs from the attempt whose checkpoint it resumes."""
+    device = resolve_device(env.device)
+    record = numerics.record(device, env.threads, env.deterministic, resolve_precision(precision, device))
+    previous = folder / "env.json"
+    if not (folder / CHECKPOINT).exists() or not previous.exists():
+        return record, []
+    return record, numerics.changed(store.read_json(previous), record)
+
+
+def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str | None]:
     """Run one cell in a worker; never raises. Returns (cell id, status, reason)."""
-    torch.set_num_threads(threads)
     record = store.read_status(folder)
     store.write_status(folder, "running", started=time.time(), attempts=record.get("attempts", 0) + 1,
                        reason=None, traceback=None, pid=os.getpid(), device=env.device)
-    store.write_json(folder / "env.json", store.environment(env.device))
     try:
+        env_record, changes = numerics_check(folder, env, cell.config.train.precision)
+        if changes:
+            message = (f"{cell.cell_id} resumes its checkpoint under another numerical path ({'; '.join(changes)}): "
+                       "its numbers mix two paths and may differ from an uninterrupted run")
+            store.write_status(folder, "running", warnings=[*record.get("warnings", []), message])
+            _events.put((EVENT_WARNING, cell.cell_id, {"message": message}))
+        store.write_json(folder / "env.json", env_record)
         results = run_cell(cell.config, folder, env, hooks=[QueueHook(_events, cell.cell_id), ParentWatch()])
     except BaseException as err:  # noqa: BLE001 - a cell's failure must never stop the suite
         reason = f"{type(err).__name__}: {err}"
@@ -93,33 +116,13 @@ def devices_for(workers: int, device: str) -> list[str]:
     return [("cpu" if device == "auto" else device)] * workers
 
 
-def acquire_lock(output: Path) -> Path:
-    """One `run` per output folder at a time; a lock left by a dead process is taken over."""
-    lock = output / LOCK
-    if lock.exists():
-        pid = int(lock.read_text().strip() or 0)
-        if pid and pid != os.getpid() and _alive(pid):
-            raise ConfigError(f"{output} is in use by another sqvae-bench run (pid {pid}); wait for it or use --output")
-    lock.write_text(str(os.getpid()))
-    return lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prepare_cells(cells: list[Cell], output: Path, suite: Suite, rerun: bool) -> tuple[list[Cell], list[str]]:
-    """Write config.json of each cell; return (cells to run, completed cell ids skipped)."""
+    """Write config.json of each cell; return (cells to run, completed cell ids skipped). What cannot be
+    read in a cell folder is set aside and the cell redone (``store.recover_status``)."""
     pending, skipped = [], []
     for cell in cells:
         folder = store.cell_dir(output, cell.cell_id)
-        if store.read_status(folder)["status"] == "completed":
+        if store.recover_status(folder)["status"] == "completed":
             if not rerun:
                 skipped.append(cell.cell_id)
                 continue
@@ -168,121 +171,92 @@ class Progress:
         self.suite.close()
 
 
-def _artifacts(folder: Path) -> list[Path]:
-    images = folder / "images"
-    files = sorted(images.glob("*.png")) if images.exists() else []
-    return files + [p for p in (folder / "config.json", folder / "metrics.json") if p.exists()]
-
-
-class _Tracking:
-    """The scheduler's MLflow writer: nested runs keyed by cell id."""
-
-    def __init__(self, tracker: Tracker | None, suite: Suite):
-        self.tracker, self.suite, self.run_ids = tracker, suite, {}
-
-    def start(self, cell: Cell, resumed_step: int) -> None:
-        if self.tracker is None or cell.cell_id in self.run_ids:  # a start event drained after the cell finished
-            return
-        tags = {"suite": self.suite.name, "dataset": cell.dataset, "model": cell.model, "seed": str(cell.seed),
-                "cell_id": cell.cell_id, "status": "running", "resumed_from_step": str(resumed_step)}
-        self.run_ids[cell.cell_id] = self.tracker.start_cell(cell.cell_id, tags, flatten_params(cell.config.to_dict()))
-
-    def event(self, event) -> None:
-        if self.tracker is not None:
-            apply_event(self.tracker, self.run_ids, event)
-
-    def finish(self, cell: Cell, folder: Path, status: str, reason: str | None) -> None:
-        if self.tracker is None:
-            return
-        if cell.cell_id not in self.run_ids:  # failed before training started: still recorded
-            self.start(cell, 0)
-        run_id = self.run_ids[cell.cell_id]
-        metrics_path = folder / "metrics.json"
-        test = store.read_json(metrics_path)["test"] if status == "completed" and metrics_path.exists() else {}
-        self.tracker.log_artifacts(run_id, _artifacts(folder))
-        self.tracker.finish_cell(run_id, status, test, reason)
-
-
 def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1, env: RunEnv = RunEnv(),
-              tracker: Tracker | None = None, rerun: bool = False, progress: bool = True) -> SuiteSummary:
-    """Run ``cells`` of ``suite`` into ``output``; see the module docstring."""
+              mirror: Mirror | None = None, rerun: bool = False, progress: bool = True) -> SuiteSummary:
+    """Run ``cells`` of ``suite`` into ``output`` (whose lock the caller holds); see the module docstring."""
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
-    lock = acquire_lock(output)
+    mirror = mirror or Mirror(None, suite.name, output)
     summary = SuiteSummary()
+    pending, summary.skipped = prepare_cells(cells, output, suite, rerun)
+    bars = Progress(len(cells), len(summary.skipped), progress)
     try:
-        pending, summary.skipped = prepare_cells(cells, output, suite, rerun)
-        bars = Progress(len(cells), len(summary.skipped), progress)
-        tracking = _Tracking(tracker, suite)
-        _run_pool(pending, output, workers, env, bars, tracking, summary)
-        bars.close()
+        if pending:
+            _run_pool(pending, output, min(workers, len(pending)), env, bars, mirror, summary)
     finally:
-        lock.unlink(missing_ok=True)
+        bars.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars: Progress, tracking: _Tracking,
+def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars: Progress, mirror: Mirror,
               summary: SuiteSummary) -> None:
-    context = multiprocessing.get_context("spawn")
-    events = context.Queue()
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(events,))
-
+    events = multiprocessing.get_context("spawn").Queue()
     slots = devices_for(workers, env.device)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    by_id = {cell.cell_id: cell for cell in pending}
     todo = list(pending)
-    running: dict[Future, tuple[Cell, int, ProcessPoolExecutor]] = {}
+    running: dict[Future, tuple[Cell, int]] = {}
     free = list(range(workers))
-    pool = new_pool()
+    executor = ProcessExecutor(workers, initializer=_init_worker, initargs=(events,))
     try:
         while todo or running:
             while todo and free:
                 cell, slot = todo.pop(0), free.pop(0)
                 cell_env = RunEnv(**{**env.__dict__, "device": slots[slot]})
-                future = pool.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env, threads)
-                running[future] = (cell, slot, pool)
+                future = executor.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env)
+                running[future] = (cell, slot)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(events, by_id, bars, tracking)
+            _drain(events, output, bars, mirror)
             for future in done:
-                cell, slot, owner = running.pop(future)
+                cell, slot = running.pop(future)
                 free.append(slot)
-                try:
-                    _, status, reason = future.result()
-                except BrokenProcessPool:
-                    status, reason = "failed", "a worker process died (crash or kill); run the suite again to resume"
-                    store.write_status(store.cell_dir(output, cell.cell_id), "failed", finished=time.time(), reason=reason)
-                    if owner is pool:
-                        pool.shutdown(cancel_futures=True)
-                        pool = new_pool()
-                _finish(cell, status, reason, output, bars, tracking, summary)
+                _, status, reason = _outcome(future, cell, output)
+                _finish(cell, status, reason, output, bars, mirror, summary)
+    except KeyboardInterrupt:
+        executor.shutdown(kill=True)
+        for cell, _ in running.values():
+            store.write_status(store.cell_dir(output, cell.cell_id), "failed", finished=time.time(), reason=INTERRUPTED)
+            summary.failed[cell.cell_id] = INTERRUPTED
+        _drain(events, output, bars, mirror)
+        mirror.kill_open(INTERRUPTED)
+        raise
     finally:
-        pool.shutdown(cancel_futures=True)
-        _drain(events, by_id, bars, tracking)
+        executor.shutdown()
+        _drain(events, output, bars, mirror)
         events.close()
 
 
-def _drain(events, by_id: dict[str, Cell], bars: Progress, tracking: _Tracking) -> None:
+def _outcome(future: Future, cell: Cell, output: Path) -> tuple[str, str, str | None]:
+    """The (cell id, status, reason) of a finished future; a dead worker fails only its own cell."""
+    try:
+        return future.result()
+    except (WorkerDied, TaskError) as err:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}; run the suite again to resume from its checkpoint"
+        store.write_status(store.cell_dir(output, cell.cell_id), "failed", finished=time.time(), reason=reason,
+                           traceback=str(err))
+        return cell.cell_id, "failed", reason
+
+
+def _drain(events, output: Path, bars: Progress, mirror: Mirror) -> None:
     while True:
         try:
             event = events.get_nowait()
-        except (queue_module.Empty, EOFError, OSError):
+        except (queue_module.Empty, EOFError, OSError, ValueError):
             return
         kind, cell_id, payload = event
         if kind == "start":
             bars.start(cell_id, payload["total"], payload["step"])
-            tracking.start(by_id[cell_id], payload["step"])
+            mirror.start_cell(cell_id, store.cell_dir(output, cell_id), payload["step"])
         elif kind == "progress":
             bars.advance(cell_id, payload["step"])
-        tracking.event(event)
+        elif kind == EVENT_WARNING:
+            tqdm.write(f"sqvae-bench: warning: {payload['message']}", file=sys.stderr)
+        mirror.event(event)
 
 
-def _finish(cell: Cell, status: str, reason: str | None, output: Path, bars: Progress, tracking: _Tracking,
+def _finish(cell: Cell, status: str, reason: str | None, output: Path, bars: Progress, mirror: Mirror,
             summary: SuiteSummary) -> None:
     bars.finish(cell.cell_id, status)
-    tracking.finish(cell, store.cell_dir(output, cell.cell_id), status, reason)
+    mirror.finish_cell(cell.cell_id, store.cell_dir(output, cell.cell_id), status, reason)
     if status == "completed":
         summary.completed.append(cell.cell_id)
     else:

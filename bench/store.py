@@ -27,16 +27,10 @@ A kill between a write and its rename leaves a hidden ``.{name}.{pid}.tmp``; ``c
 from __future__ import annotations
 
 import json
-import platform
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-import torch
 
 from bench.atomic import atomic_write, clean_stale_tmp  # noqa: F401 - run folders are cleaned through the store
 from bench.errors import StoreError
@@ -149,27 +143,6 @@ def write_status(folder: Path, status: str, **fields) -> dict:
     record = {**read_status(folder), **fields, "status": status, "updated": time.time()}
     write_json(folder / STATUS, record)
     return record
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def environment(device: str) -> dict:
-    try:
-        package = version("sqvae-bench")
-    except PackageNotFoundError:
-        package = None
-    return {"python": platform.python_version(), "torch": torch.__version__, "sqvae_bench": package,
-            "git_commit": git_commit(), "device": device, "host": socket.gethostname(),
-            "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from bench.train import Hooks
+from bench.hooks import Hooks
 
 # One tag schema for cell runs (the parent run carries TAG_SUITE and TAG_STATUS too).
 TAG_SUITE = "suite"
@@ -35,8 +35,8 @@ TAG_REASON = "reason"  # why a failed cell failed
 CELL_TAGS = (TAG_SUITE, TAG_DATASET, TAG_MODEL, TAG_SEED, TAG_CELL_ID, TAG_STATUS)
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how the MLflow UI nests runs
 
-RUN_STATES = {"completed": "FINISHED", "failed": "FAILED"}  # our final status -> MLflow RunStatus
-EVENT_START, EVENT_PROGRESS, EVENT_METRICS = "start", "progress", "metrics"
+RUN_STATES = {"completed": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # our final status -> MLflow RunStatus
+EVENT_START, EVENT_PROGRESS, EVENT_METRICS, EVENT_WARNING = "start", "progress", "metrics", "warning"
 
 # MLflow's limits (mlflow.utils.validation): parameter and tag value lengths, entities per log_batch.
 PARAM_VALUE_LIMIT = 6000
@@ -199,6 +199,20 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(path), artifact_path=inner)
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def search_runs(self, filter_string: str) -> list:
+        """Every run of the experiment that matches ``filter_string`` (MLflow's search syntax), all pages."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def terminate(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Tag ``status`` (and ``reason``) and end the run as FINISHED, FAILED or KILLED."""
+        self._terminate(run_id, status, reason)
 
     def _terminate(self, run_id: str, status: str, reason: str | None) -> None:
         if status not in RUN_STATES:

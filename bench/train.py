@@ -24,6 +24,7 @@ from bench.batches import num_batches, train_batches
 from bench.data.spec import Splits
 from bench.errors import ConfigError
 from bench.evaluate import Evaluation, evaluate
+from bench.hooks import Hooks
 from bench.running import RunningMean
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -79,21 +80,6 @@ class TrainConfig:
             raise ConfigError(f"train.lr_factor must be in (0, 1); got {self.lr_factor!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-
-
-class Hooks:
-    """Callbacks of the training loop; override what you need (MLflow, progress bars)."""
-
-    def on_start(self, total_steps: int, start_step: int) -> None: ...
-
-    def on_step(self, step: int) -> None:
-        """After every optimiser step; must not read device values (no sync)."""
-
-    def on_log(self, step: int, values: dict[str, float]) -> None:
-        """Every ``log_every`` steps: means of the training terms over the window, plus lr."""
-
-    def on_epoch(self, epoch: int, record: dict[str, float]) -> None:
-        """After each validation: train_* means, val_* metrics, lr, model scalars, seconds."""
 
 
 @dataclass

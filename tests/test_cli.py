@@ -137,16 +137,14 @@ def test_run_end_to_end_mirrors_to_mlflow(e2e):
 # -- 2. failure isolation --------------------------------------------------------------------------
 FAILING_SUITE = {
     "name": "failing",
-    "datasets": {
-        "shapes": {"options": SHAPES_OPTIONS, "model_options": TINY_MODEL_OPTIONS},
-        "mnist": {"model_options": TINY_MODEL_OPTIONS},  # no data under --data-root: DataError
-    },
+    "datasets": {"shapes": {"options": SHAPES_OPTIONS, "model_options": TINY_MODEL_OPTIONS}},
     "models": {
         "vqvae": {},
         # sigma^2_x = 1e-300 underflows to 0 in float32: SSE / (2 sigma^2_x) is inf from step 1
         "vqvae-ema": {"options": {"recon": "fixed", "recon_variance": 1.0e-300}},
+        # 10^6 codes of dimension 10^6 (4 TB of float32) cannot be allocated: RuntimeError
+        "vqvae-reset": {"options": {"size_dict": 1000000, "dim_dict": 1000000}},
     },
-    "exclude": [{"dataset": "mnist", "model": "vqvae-ema"}],
     "train": {"epochs": 1, "max_steps": 4, "log_every": 2},
 }
 
@@ -154,20 +152,18 @@ FAILING_SUITE = {
 def test_failed_cells_are_isolated_and_reported(tmp_path):
     suite = write_suite(tmp_path / "failing.yaml", base=FAILING_SUITE)
     ids = {(c.dataset, c.model): c.cell_id for c in expand(load_suite(suite))}
-    good, diverged, missing = ids["shapes", "vqvae"], ids["shapes", "vqvae-ema"], ids["mnist", "vqvae"]
-    (tmp_path / "empty").mkdir()
-    result = run_main(run_args(suite, tmp_path, "--data-root", tmp_path / "empty"), cwd=tmp_path)
+    good, diverged, huge = ids["shapes", "vqvae"], ids["shapes", "vqvae-ema"], ids["shapes", "vqvae-reset"]
+    result = run_main(run_args(suite, tmp_path), cwd=tmp_path)
     output = tmp_path / "runs"
     assert result.code == 1, result.err
     assert status(output, good)["status"] == "completed"
     reasons = {}
-    for cell_id, error in ((diverged, "RunFailed: non-finite training loss"), (missing, "DataError: dataset 'mnist'")):
+    for cell_id, error in ((diverged, "RunFailed: non-finite training loss"), (huge, "RuntimeError: ")):
         record = status(output, cell_id)
         assert record["status"] == "failed" and record["reason"].startswith(error)
         assert record["traceback"].startswith("Traceback") and error.split(":")[0] in record["traceback"]
         assert not (store.cell_dir(output, cell_id) / "metrics.json").exists()
         reasons[cell_id] = record["reason"]
-    assert str(tmp_path / "empty") in reasons[missing]
     assert "failing: 1 completed, 0 already done, 2 failed" in result.out
     for cell_id, reason in reasons.items():
         assert f"  FAILED {cell_id}: {reason.splitlines()[0]}" in result.out
@@ -185,12 +181,12 @@ def test_failed_cells_are_isolated_and_reported(tmp_path):
 
 
 def test_every_cell_failing_exits_1_without_tables(tiny_suite, tmp_path, monkeypatch):
-    from bench import scheduler
+    from bench import lifecycle, scheduler
 
     def all_failed(suite, cells, output, **kwargs):
         return scheduler.SuiteSummary(failed={c.cell_id: "RunFailed: non-finite training loss (nan)" for c in cells})
 
-    monkeypatch.setattr(scheduler, "run_cells", all_failed)
+    monkeypatch.setattr(lifecycle, "run_cells", all_failed)
     result = run_main(run_args(tiny_suite, tmp_path, "--no-tracking"), cwd=tmp_path)
     assert result.code == 1, result.err
     assert "tiny: 0 completed, 0 already done, 4 failed" in result.out and result.out.count("  FAILED ") == 4

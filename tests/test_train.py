@@ -12,7 +12,8 @@ from bench.evaluate import evaluate
 from bench.models import build_model
 from bench.perf import measure
 from bench.run import RunConfig, resolve_run_config, run_cell
-from bench.train import Hooks, TrainConfig
+from bench.hooks import Hooks
+from bench.train import TrainConfig
 
 TINY_DATA = {"size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
 TINY_MODEL = {"size_dict": 16, "dim_dict": 16, "num_rb": 1}
