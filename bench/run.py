@@ -3,7 +3,13 @@
 ``run_cell(config, workdir, env)`` loads the data, builds the model under the run's seed, trains,
 tests the best checkpoint and returns a JSON-ready dict. Everything that changes results is in
 ``RunConfig`` (hashed into the cell id); where the data lives and which device runs it are in
-``RunEnv`` and never change results. Suites, Optuna and a Dask cluster all call this function.
+``RunEnv`` and never change results. Suites and a Dask cluster call this function.
+
+A run is two stages, also callable alone: ``fit_cell`` loads train and val only (the test split is
+neither read nor generated), trains and keeps the best epoch by validation loss, returning a ``Fit``
+with that epoch's validation metrics; ``test_cell`` then loads the test split and tests the best
+model (metrics, FID, pictures). An Optuna trial calls ``fit_cell`` only, so a search never sees the
+test split; ``run_cell`` is the two in a row, with the same numbers.
 """
 from __future__ import annotations
 
@@ -16,12 +22,12 @@ import torch
 
 from bench import metrics
 from bench.batches import to_model_input
-from bench.data import dataset_spec, load_dataset
+from bench.data import Splits, dataset_spec, load_dataset
 from bench.errors import ConfigError
 from bench.models import build_model, resolve_model_options
 from bench.hooks import Hooks
 from bench.numerics import numerics
-from bench.train import TrainConfig, Trainer, seed_everything
+from bench.train import TrainConfig, Trainer, TrainState, check_split, seed_everything
 
 MIOU_ABSENT = ("zero", "ignore")
 
@@ -83,21 +89,73 @@ def resolve_run_config(config: RunConfig) -> RunConfig:
     return RunConfig(**{**config.__dict__, "model_options": options})
 
 
+@dataclass
+class Fit:
+    """A fitted run, what ``fit_cell`` returns and ``test_cell`` tests.
+
+    trainer: the Trainer; its model holds the weights of the best epoch (``model``).
+    splits: train and val on the run's device; ``test`` is None.
+    state: best_epoch, best_val (its validation loss), step, history (per-epoch records).
+    val: the validation metrics of the best epoch: the ``val_*`` entries of its history record
+        without the prefix, e.g. {"loss", "mse", "perplexity", ...}.
+    seconds: wall time of the fit.
+    """
+
+    trainer: Trainer
+    splits: Splits
+    state: TrainState
+    val: dict[str, float]
+    seconds: float
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.trainer.model
+
+
 def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv = RunEnv(),
              hooks: Sequence[Hooks] = ()) -> dict:
     """Train and test one configuration; resumes from ``workdir``'s checkpoint when there is one.
 
-    Returns {"test": deterministic test metrics, "test_stochastic": {...} or {}, "best_epoch",
-    "best_val_loss", "steps", "history": per-epoch records, "seconds"}.
+    ``fit_cell`` then ``test_cell`` under one ``numerics`` setting. Returns {"test": deterministic
+    test metrics, "test_stochastic": {...} or {}, "best_epoch", "best_val_loss", "steps",
+    "history": per-epoch records, "seconds"}.
     """
     with numerics(env.threads, env.deterministic):
-        return _run_cell(config, workdir, env, hooks)
+        return _test_cell(_fit_cell(config, workdir, env, hooks), config, workdir, env)
 
 
-def _run_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks: Sequence[Hooks]) -> dict:
+def fit_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv = RunEnv(),
+             hooks: Sequence[Hooks] = ()) -> Fit:
+    """Train one configuration on train / val only and keep its best epoch by validation loss.
+
+    Loads the dataset without its test split; resumes from ``workdir``'s checkpoint when there is
+    one. A hook may stop the fit by raising from ``on_epoch`` (pruning): the exception propagates,
+    and with a ``workdir`` that epoch's checkpoint is on disk (a later call resumes from it).
+    Returns: a ``Fit``, its model holding the best epoch's weights.
+    Raises: ConfigError, DataError, RunFailed (non-finite values), or what a hook raises.
+    """
+    with numerics(env.threads, env.deterministic):
+        return _fit_cell(config, workdir, env, hooks)
+
+
+def test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None = None, env: RunEnv = RunEnv()) -> dict:
+    """Load the test split (only now) and test ``fit``'s best model: what ``run_cell`` returns.
+
+    ``config`` and ``env`` are those ``fit`` was made with; with a ``workdir``, pictures are drawn
+    into ``workdir/images``. ``seconds`` in the result counts the fit and the test.
+    """
+    with numerics(env.threads, env.deterministic):
+        return _test_cell(fit, config, workdir, env)
+
+
+test_cell.__test__ = False  # pytest would collect it wherever a test module imports it by name
+
+
+def _fit_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks: Sequence[Hooks]) -> Fit:
     started = time.perf_counter()
     device = resolve_device(env.device)
-    splits = load_dataset(config.dataset, root=env.data_root, download=env.download, **config.data_options)
+    splits = load_dataset(config.dataset, root=env.data_root, download=env.download, with_test=False,
+                          **config.data_options)
     seed_everything(config.seed)
     model = build_model(config.model, splits.spec, config.model_options).to(device)
     if workdir is not None:
@@ -105,15 +163,32 @@ def _run_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks:
     data = splits.to(device)
     trainer = Trainer(model, data, config.train, config.seed, workdir, hooks)
     state = trainer.fit()
-    want_fid = config.fid and splits.spec.kind == "image"
-    test, stochastic = trainer.test(keep_recon=want_fid, miou_absent=config.miou_absent)
-    results = dict(test.metrics)
+    trainer.load_best()
+    return Fit(trainer, data, state, best_val_metrics(state), time.perf_counter() - started)
+
+
+def best_val_metrics(state: TrainState) -> dict[str, float]:
+    """The validation metrics of the best epoch, from its history record, without the ``val_`` prefix."""
+    record = next(r for r in state.history if r["epoch"] == state.best_epoch)
+    return {key.removeprefix("val_"): value for key, value in record.items() if key.startswith("val_")}
+
+
+def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: RunEnv) -> dict:
+    started = time.perf_counter()
+    spec, state = fit.splits.spec, fit.state
+    device = resolve_device(env.device)
+    test = load_dataset(config.dataset, root=env.data_root, download=env.download, **config.data_options).test
+    data = test.to(device)
+    check_split(fit.model, data)
+    want_fid = config.fid and spec.kind == "image"
+    evaluation, stochastic = fit.trainer.test(data, keep_recon=want_fid, miou_absent=config.miou_absent)
+    results = dict(evaluation.metrics)
     if want_fid:
-        key = f"{config.dataset}-test-{splits.spec.size}px-" + "-".join(f"{k}={v}" for k, v in sorted(config.data_options.items()))
-        results["fid"] = metrics.compute_fid(test.recon, splits.test, cache_dir=env.fid_cache, cache_key=key,
+        key = f"{config.dataset}-test-{spec.size}px-" + "-".join(f"{k}={v}" for k, v in sorted(config.data_options.items()))
+        results["fid"] = metrics.compute_fid(evaluation.recon, test, cache_dir=env.fid_cache, cache_key=key,
                                              weights_path=env.fid_weights, device=device)
     if workdir is not None:
-        save_pictures(model, data.test, test.histogram, state.history, Path(workdir) / "images")
+        save_pictures(fit.model, data, evaluation.histogram, state.history, Path(workdir) / "images")
     return {
         "test": results,
         "test_stochastic": stochastic,
@@ -121,7 +196,7 @@ def _run_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks:
         "best_val_loss": state.best_val,
         "steps": state.step,
         "history": state.history,
-        "seconds": time.perf_counter() - started,
+        "seconds": fit.seconds + time.perf_counter() - started,
     }
 
 

@@ -1,7 +1,8 @@
 """The trainer: one loop for every registered model (SPEC.md §3).
 
 Adam, ReduceLROnPlateau on the deterministic validation loss, the temperature advanced every step,
-deterministic validation each epoch, the best epoch kept, the best model tested at the end.
+deterministic validation each epoch, the best epoch kept, the best model tested at the end on a test
+split given then (training needs train and val only, so a search never holds the test split).
 A checkpoint holds everything the loop depends on (model, optimiser, scheduler, counters, running
 sums, best model, RNG states); the data order is a pure function of (seed, epoch). So a run stopped
 at any checkpoint and resumed ends, on CPU, bit for bit where an uninterrupted run ends.
@@ -129,16 +130,27 @@ def cpu_state_dict(model: torch.nn.Module) -> dict:
 
 
 def check_data(model, splits: Splits) -> None:
-    """Check every split once before training (shapes; label ranges read the data, one sync)."""
+    """Check every loaded split once before training (a missing test split is skipped)."""
     for split in (splits.train, splits.val, splits.test):
-        if model.kind == "labels":
-            model.check_input(split, check_values=True)  # uint8 labels are an integer tensor
-        else:
-            model.check_input(split[:1].float())
+        if split is not None:
+            check_split(model, split)
+
+
+def check_split(model, split: torch.Tensor) -> None:
+    """Check that ``split`` fits ``model`` (shapes; label ranges read the data, one sync)."""
+    if model.kind == "labels":
+        model.check_input(split, check_values=True)  # uint8 labels are an integer tensor
+    else:
+        model.check_input(split[:1].float())
 
 
 class Trainer:
-    """Trains ``model`` on ``splits`` (already on the model's device); see the module docstring."""
+    """Trains ``model`` on ``splits`` (already on the model's device; ``splits.test`` is not used
+    and may be None); see the module docstring.
+
+    A hook may raise from ``on_epoch`` to stop training (pruning): the epoch's checkpoint is already
+    written by then, and the exception propagates out of ``fit``.
+    """
 
     def __init__(self, model, splits: Splits, cfg: TrainConfig, seed: int, workdir: Path | None = None,
                  hooks: Sequence[Hooks] = ()):
@@ -259,14 +271,17 @@ class Trainer:
             hook.on_epoch(record["epoch"], record)
 
     def load_best(self) -> None:
+        """Load the weights of the best validated epoch into the model."""
         if self.best_state is None:
             raise RuntimeError("no validated model yet: call fit() first")
         self.model.load_state_dict(self.best_state)
 
-    def test(self, keep_recon: bool = False, miou_absent: str = "zero") -> tuple[Evaluation, dict[str, float]]:
-        """Evaluate the best model on the test split: (deterministic evaluation, stochastic metrics or {})."""
+    def test(self, data: torch.Tensor, keep_recon: bool = False,
+             miou_absent: str = "zero") -> tuple[Evaluation, dict[str, float]]:
+        """Evaluate the best model on the test split ``data`` (on the model's device):
+        (deterministic evaluation, stochastic metrics or {})."""
         self.load_best()
         kwargs = dict(batch_size=self.cfg.eval_batch_size, precision=self.precision, miou_absent=miou_absent)
-        stochastic = evaluate(self.model, self.splits.test, mode="stochastic", **kwargs).metrics if self.cfg.eval_stochastic else {}
-        deterministic = evaluate(self.model, self.splits.test, keep_recon=keep_recon, **kwargs)
+        stochastic = evaluate(self.model, data, mode="stochastic", **kwargs).metrics if self.cfg.eval_stochastic else {}
+        deterministic = evaluate(self.model, data, keep_recon=keep_recon, **kwargs)
         return deterministic, stochastic

@@ -8,6 +8,8 @@ dataset is a loader ``loader(root, download, seed, *, <options>) -> Splits`` and
 (or a function of the options returning it), added with ``register_dataset``, the same call the
 built-ins use. ``dataset_spec`` answers what a dataset is without loading it, ``check_dataset``
 whether its files are there and sound (names, headers, sizes) without loading them.
+``load_dataset(name, with_test=False)`` loads train and val only (``splits.test`` is None): a
+search never reads the test split (see ``bench.data.registry``).
 """
 from bench.data import celeba, celebamask, shapes, torchvision_sets
 from bench.data.registry import (

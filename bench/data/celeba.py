@@ -7,7 +7,9 @@ official code), kept as uint8 (N, 3, 64, 64).
 We read the partition file and the JPEGs ourselves: torchvision's CelebA md5-checks every txt file
 and parses all of them (attributes, identities, boxes, landmarks) though only the partition is
 needed. torchvision is used to download only. Decoding 200k JPEGs takes minutes, so the result is
-cached in ``<root>/celeba/sqvae_bench_cache_64.pt``, keyed by the JPEG count and partition size.
+cached in ``<root>/celeba/sqvae_bench_cache_64.pt`` (train and val) and ``..._64_test.pt`` (test),
+keyed by the JPEG count and partition size. Loaded with ``with_test=False``, no test image is
+decoded nor its cache opened.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bench.data.registry import cached_tensors, data_error
+from bench.data.registry import cached_splits, data_error
 from bench.data.spec import DataSpec, Splits
 from bench.errors import DataError
 
@@ -30,7 +32,7 @@ CROP, SIZE = 140, 64
 SPEC = DataSpec("celeba", "image", 3, SIZE)
 CACHE = f"sqvae_bench_cache_{SIZE}.pt"
 SPLITS = ("train", "val", "test")  # partition ids 0, 1, 2
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: test in a cache file of its own
 HOW = (
     "download img_align_celeba.zip and list_eval_partition.txt from the CelebA page "
     "(https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) and unzip the images into the folder above; "
@@ -39,8 +41,9 @@ HOW = (
 )
 
 
-def load_celeba(root: Path, download: bool, seed: int) -> Splits:
-    """CelebA 64x64 as (N, 3, 64, 64) uint8 per partition. ``seed`` is unused.
+def load_celeba(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
+    """CelebA 64x64 as (N, 3, 64, 64) uint8 per partition (test None without ``with_test``).
+    ``seed`` is unused.
 
     Raises: DataError if the folder, the partition file or a listed image is missing or unreadable.
     """
@@ -48,8 +51,9 @@ def load_celeba(root: Path, download: bool, seed: int) -> Splits:
     partition = read_partition(folder / PARTITION)
     key = {"version": CACHE_VERSION, "crop": CROP, "size": SIZE, "jpgs": _count_jpgs(folder / IMAGES),
            "partition": len(partition)}
-    tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(folder / IMAGES, partition))
-    return Splits(SPEC, *(tensors[split] for split in SPLITS))
+    names = _split_names(folder / PARTITION, partition)
+    return Splits(SPEC, *cached_splits(folder / CACHE, key, lambda split: _preprocess(folder / IMAGES, split, names[split]),
+                                       with_test))
 
 
 def check_celeba(root: Path, download: bool) -> None:
@@ -116,15 +120,11 @@ def _split_names(path: Path, partition: list[tuple[str, int]]) -> dict[str, list
     return names
 
 
-def _preprocess(images: Path, partition: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-    """Decode, crop and resize every listed image into one preallocated uint8 tensor per split."""
-    names = _split_names(images.parent / PARTITION, partition)
-    out = {split: torch.empty((len(listed), 3, SIZE, SIZE), dtype=torch.uint8) for split, listed in names.items()}
-    with tqdm(total=len(partition), desc=f"celeba: preprocessing to {SIZE}x{SIZE}", unit="img") as progress:
-        for split, listed in names.items():
-            for row, name in enumerate(listed):
-                out[split][row] = read_image(images / name)
-                progress.update()
+def _preprocess(images: Path, split: str, listed: list[str]) -> torch.Tensor:
+    """Decode, crop and resize the listed images of one split into one preallocated uint8 tensor."""
+    out = torch.empty((len(listed), 3, SIZE, SIZE), dtype=torch.uint8)
+    for row, name in enumerate(tqdm(listed, desc=f"celeba {split}: preprocessing to {SIZE}x{SIZE}", unit="img")):
+        out[row] = read_image(images / name)
     return out
 
 

@@ -5,7 +5,9 @@ The layout is what the CelebAMask-HQ ``face_parsing`` scripts g_mask.py and g_pa
 not read: only the label map is modelled). Like the official loader, each folder's files are
 counted and must be numbered 0..N-1 with no gap. Labels are 0..18 (19 classes), resized to 64x64
 with NEAREST and no crop, kept as uint8 (N, 64, 64). The result is cached in
-``<root>/CelebAMask-HQ/sqvae_bench_cache_64.pt``, keyed by the per-split file counts.
+``<root>/CelebAMask-HQ/sqvae_bench_cache_64.pt`` (train and val) and ``..._64_test.pt`` (test), both
+keyed by the per-split file counts. Loaded with ``with_test=False``, no test label map is opened
+nor its cache read (the files of test_label are counted, by name, so both loads share one key).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bench.data.registry import cached_tensors, data_error
+from bench.data.registry import cached_splits, data_error
 from bench.data.spec import DataSpec, Splits
 from bench.errors import DataError
 
@@ -27,7 +29,7 @@ NUM_CLASSES = 19
 SIZE = 64
 SPEC = DataSpec("celebamask-hq", "labels", NUM_CLASSES, SIZE, NUM_CLASSES)
 CACHE = f"sqvae_bench_cache_{SIZE}.pt"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: test in a cache file of its own
 REPO_URL = "https://github.com/switchablenorms/CelebAMask-HQ"
 HOW = (
     f"it cannot be downloaded automatically: get CelebAMask-HQ via {REPO_URL}, then run its "
@@ -36,32 +38,38 @@ HOW = (
 )
 
 
-def load_celebamask_hq(root: Path, download: bool, seed: int) -> Splits:
-    """The 19-class label maps as (N, 64, 64) uint8 per split. ``download`` and ``seed`` are unused.
+def load_celebamask_hq(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
+    """The 19-class label maps as (N, 64, 64) uint8 per split (test None without ``with_test``).
+    ``download`` and ``seed`` are unused.
 
     Raises: DataError if a split folder is missing or empty, the numbering has a gap, or a file is
         not an 8-bit label map with values 0..18.
     """
     folder = root / FOLDER
-    paths = _split_paths(folder)
-    key = {"version": CACHE_VERSION, "size": SIZE, "labels": {split: len(listed) for split, listed in paths.items()}}
-    tensors = cached_tensors(folder / CACHE, key, lambda: _preprocess(paths))
-    return Splits(SPEC, *(tensors[split] for split in SPLITS))
+    counts = _counts(folder)
+    paths = _split_paths(folder, counts, SPLITS if with_test else SPLITS[:2])
+    key = {"version": CACHE_VERSION, "size": SIZE, "labels": counts}
+    return Splits(SPEC, *cached_splits(folder / CACHE, key, lambda split: _preprocess(split, paths[split]), with_test))
 
 
 def check_celebamask_hq(root: Path, download: bool) -> None:
     """Raise DataError unless every split's label folder holds 0.png .. (N-1).png, N >= 1 (no map is
     opened). ``download`` is unused: the dataset cannot be downloaded."""
-    _split_paths(root / FOLDER)
+    folder = root / FOLDER
+    _split_paths(folder, _counts(folder), SPLITS)
 
 
-def _split_paths(folder: Path) -> dict[str, list[Path]]:
-    """The label map paths of each split; raises DataError if a folder is missing, empty or has a gap."""
-    counts = {split: _count_pngs(folder / f"{split}_label") for split in SPLITS}
-    empty = [folder / f"{split}_label" for split, count in counts.items() if count == 0]
+def _counts(folder: Path) -> dict[str, int]:
+    """The number of .png files in each split's label folder (0 if the folder is missing), by name only."""
+    return {split: _count_pngs(folder / f"{split}_label") for split in SPLITS}
+
+
+def _split_paths(folder: Path, counts: dict[str, int], splits: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The label map paths of ``splits``; raises DataError if a folder is missing, empty or has a gap."""
+    empty = [folder / f"{split}_label" for split in splits if counts[split] == 0]
     if empty:
         raise _error(empty, "data not found (no label maps)")
-    return {split: label_paths(folder / f"{split}_label", count) for split, count in counts.items()}
+    return {split: label_paths(folder / f"{split}_label", counts[split]) for split in splits}
 
 
 def label_paths(labels: Path, count: int) -> list[Path]:
@@ -95,14 +103,11 @@ def _count_pngs(labels: Path) -> int:
         return sum(entry.name.endswith(".png") for entry in entries)
 
 
-def _preprocess(paths: dict[str, list[Path]]) -> dict[str, torch.Tensor]:
-    out = {split: torch.empty((len(listed), SIZE, SIZE), dtype=torch.uint8) for split, listed in paths.items()}
-    total = sum(len(listed) for listed in paths.values())
-    with tqdm(total=total, desc=f"celebamask-hq: preprocessing to {SIZE}x{SIZE}", unit="map") as progress:
-        for split, listed in paths.items():
-            for row, path in enumerate(listed):
-                out[split][row] = read_label(path)
-                progress.update()
+def _preprocess(split: str, paths: list[Path]) -> torch.Tensor:
+    """Read the label maps of one split into one preallocated (N, 64, 64) uint8 tensor."""
+    out = torch.empty((len(paths), SIZE, SIZE), dtype=torch.uint8)
+    for row, path in enumerate(tqdm(paths, desc=f"celebamask-hq {split}: preprocessing to {SIZE}x{SIZE}", unit="map")):
+        out[row] = read_label(path)
     return out
 
 

@@ -2,7 +2,11 @@
 
 A loader is a function ``loader(root: Path, download: bool, seed: int, *, <options>) -> Splits``.
 Its keyword-only parameters are the dataset's options, so ``load_dataset`` checks option names
-against the signature itself and there is no second list to keep in sync. A dataset read from files
+against the signature itself and there is no second list to keep in sync. One keyword-only parameter
+is not an option: ``with_test: bool = True``. With ``with_test=False`` a loader must not read (nor
+generate) the test split and returns ``Splits.test`` None; that is how a search (an Optuna trial)
+trains and selects on train / validation only. A loader without the parameter still works: it loads
+every split and ``load_dataset`` drops the test one. A dataset read from files
 may also register a check, ``check(root: Path, download: bool, **options) -> None``, that finds
 missing or damaged files from their names, headers and sizes without loading them
 (``check_dataset``), so a run fails before anything starts rather than in a worker.
@@ -15,7 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,6 +34,7 @@ ENV_VAR = "SQVAE_BENCH_DATA"
 DEFAULT_ROOT = "data"
 
 Loader = Callable[..., Splits]
+WITH_TEST = "with_test"  # the loader parameter that is not a dataset option (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ def register_dataset(name: str, loader: Loader, spec: DataSpec | Callable[..., D
     Args:
         name: the name suite files use.
         loader: ``loader(root, download, seed, *, <options>) -> Splits``; its keyword-only
-            parameters, with defaults, are the dataset's options.
+            parameters, with defaults, are the dataset's options, except ``with_test`` (optional:
+            see the module docstring).
         spec: the dataset's DataSpec, or a function of the options that returns it.
         check: optional ``check(root, download, **options)`` for ``check_dataset``: raises DataError
             when the files are missing or damaged, reading names, headers and sizes only.
@@ -79,9 +85,10 @@ def dataset_names() -> list[str]:
 
 
 def dataset_options(name: str) -> dict[str, object]:
-    """The options of dataset ``name`` with their defaults. Raises ConfigError for an unknown name."""
+    """The options of dataset ``name`` with their defaults: the loader's keyword-only parameters but
+    ``with_test``. Raises ConfigError for an unknown name."""
     parameters = inspect.signature(DATASETS.get(name).loader).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != WITH_TEST}
 
 
 def resolve_root(root: str | Path | None) -> Path:
@@ -92,7 +99,8 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def load_dataset(
-    name: str, root: str | Path | None = None, download: bool = False, seed: int = 0, **options
+    name: str, root: str | Path | None = None, download: bool = False, seed: int = 0, *, with_test: bool = True,
+    **options,
 ) -> Splits:
     """Load dataset ``name`` as uint8 train / val / test tensors (SPEC.md §3).
 
@@ -101,6 +109,10 @@ def load_dataset(
         root: the data root; None means $SQVAE_BENCH_DATA, else ./data.
         download: fetch missing files where the dataset can be downloaded.
         seed: used by generated datasets only.
+        with_test: False loads train and validation only: ``Splits.test`` is None and a built-in
+            loader neither reads nor generates the test split (train and val are the same tensors
+            either way). A registered loader without a ``with_test`` parameter loads everything and
+            the test split is dropped here.
         **options: dataset-specific (see ``dataset_options(name)``).
     Raises:
         ConfigError: unknown dataset name or option.
@@ -108,7 +120,16 @@ def load_dataset(
     """
     loader = DATASETS.get(name).loader
     _check_options(name, options, dataset_options(name))
-    return loader(resolve_root(root), download, seed, **options)
+    if _takes_with_test(loader):
+        options = {**options, WITH_TEST: with_test}
+    splits = loader(resolve_root(root), download, seed, **options)
+    return splits if with_test else replace(splits, test=None)
+
+
+def _takes_with_test(loader: Loader) -> bool:
+    """Whether ``loader`` has the keyword-only ``with_test`` parameter."""
+    parameter = inspect.signature(loader).parameters.get(WITH_TEST)
+    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def check_dataset(name: str, root: str | Path | None = None, download: bool = False, **options) -> None:
@@ -174,6 +195,22 @@ def cached_tensors(
     except OSError as error:
         warnings.warn(f"could not write the dataset cache {path}: {error}", stacklevel=2)
     return tensors
+
+
+def cached_splits(
+    path: Path, key: dict, build: Callable[[str], torch.Tensor], with_test: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The train, val and test tensors, built by ``build(split)`` and cached under ``key``.
+
+    Train and val are cached at ``path``, test beside it at ``<stem>_test<suffix>``, so a load
+    without the test split (``with_test=False``: test is None) neither opens nor builds test data.
+    Both files share ``key``: it describes the whole source, so any change rebuilds both.
+    """
+    fit = cached_tensors(path, key, lambda: {split: build(split) for split in ("train", "val")})
+    if not with_test:
+        return fit["train"], fit["val"], None
+    test = cached_tensors(path.with_name(f"{path.stem}_test{path.suffix}"), key, lambda: {"test": build("test")})
+    return fit["train"], fit["val"], test["test"]
 
 
 def _read_cache(path: Path) -> dict | None:

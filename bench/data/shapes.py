@@ -125,22 +125,25 @@ _COVERS = {CIRCLE: _in_circle, SQUARE: _in_square, TRIANGLE: _in_triangle}
 
 
 def load_shapes(
-    root: Path, download: bool, seed: int, *, size: int = 32, n_train: int = 8000, n_val: int = 1000, n_test: int = 1000
+    root: Path, download: bool, seed: int, *, size: int = 32, n_train: int = 8000, n_val: int = 1000, n_test: int = 1000,
+    with_test: bool = True,
 ) -> Splits:
     """The images, (N, 3, size, size) uint8. ``root`` and ``download`` are unused (generated data).
+    ``with_test=False``: no test images are rendered and ``test`` is None (see ``_generate``).
 
     Raises: ConfigError for a size other than 28, 32, 64 or a split size below 1.
     """
-    images, _ = _generate(size, (n_train, n_val, n_test), seed)
-    return _split(shapes_spec(size=size), images, (n_train, n_val))
+    images, _ = _generate(size, (n_train, n_val, n_test), seed, with_test)
+    return _split(shapes_spec(size=size), images, (n_train, n_val), with_test)
 
 
 def load_shapes_labels(
-    root: Path, download: bool, seed: int, *, size: int = 32, n_train: int = 8000, n_val: int = 1000, n_test: int = 1000
+    root: Path, download: bool, seed: int, *, size: int = 32, n_train: int = 8000, n_val: int = 1000, n_test: int = 1000,
+    with_test: bool = True,
 ) -> Splits:
     """The label maps of the same draws as ``shapes``, (N, size, size) uint8 in 0..3."""
-    _, labels = _generate(size, (n_train, n_val, n_test), seed)
-    return _split(shapes_labels_spec(size=size), labels, (n_train, n_val))
+    _, labels = _generate(size, (n_train, n_val, n_test), seed, with_test)
+    return _split(shapes_labels_spec(size=size), labels, (n_train, n_val), with_test)
 
 
 def shapes_spec(*, size: int = 32, **_) -> DataSpec:
@@ -158,15 +161,23 @@ def _check_size(size: int) -> None:
         raise ConfigError(f"shapes: option size must be one of {', '.join(map(str, SIZES))}, got {size!r}")
 
 
-def _generate(size: int, counts: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _generate(size: int, counts: tuple[int, int, int], seed: int, with_test: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images and label maps of train | val (| test), as ``make_shapes(sum(counts), size, seed)``.
+
+    The parameters of all three splits are drawn, always: each parameter is drawn for every image at
+    once, so drawing fewer images would change train and val. Without the test split only the train
+    and val rows are rendered, and they are the same arrays as with it (each image renders alone).
+    """
     _check_size(size)
     for option, count in zip(("n_train", "n_val", "n_test"), counts):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"shapes: option {option} must be an integer >= 1, got {count!r}")
-    return make_shapes(sum(counts), size, seed)
+    draws = draw_shapes(sum(counts), size, np.random.default_rng(seed))
+    return render_shapes(draws if with_test else draws.take(slice(0, counts[0] + counts[1])), size)
 
 
-def _split(spec: DataSpec, array: np.ndarray, heads: tuple[int, int]) -> Splits:
-    """One generated stream cut into train | val | test, so the splits never share a draw."""
-    train, val, test = np.split(array, np.cumsum(heads))
-    return Splits(spec, *(torch.from_numpy(part) for part in (train, val, test)))
+def _split(spec: DataSpec, array: np.ndarray, heads: tuple[int, int], with_test: bool) -> Splits:
+    """One generated stream cut into train | val | test, so the splits never share a draw; the test
+    part is None without the test split (``array`` then holds train and val only)."""
+    train, val, test = (torch.from_numpy(part) for part in np.split(array, np.cumsum(heads)))
+    return Splits(spec, train, val, test if with_test else None)

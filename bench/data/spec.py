@@ -1,7 +1,8 @@
 """What a loaded dataset is: its description (``DataSpec``) and its three splits (``Splits``).
 
 Every dataset, real or synthetic, ends up as three uint8 tensors that fit in memory (and on the
-training device), so the trainer batches by index with no per-sample Python.
+training device), so the trainer batches by index with no per-sample Python. A dataset loaded for
+fitting only (``load_dataset(..., with_test=False)``, as an Optuna trial does) has no test tensor.
 """
 from __future__ import annotations
 
@@ -36,12 +37,17 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class Splits:
-    """The train / validation / test tensors of one dataset, all on the CPU as loaded."""
+    """The train / validation / test tensors of one dataset, all on the CPU as loaded.
+
+    test: None when the dataset was loaded without its test split (``with_test=False``).
+    """
 
     spec: DataSpec
     train: torch.Tensor
     val: torch.Tensor
-    test: torch.Tensor
+    test: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Splits":
-        return Splits(self.spec, self.train.to(device), self.val.to(device), self.test.to(device))
+        """The same splits on ``device`` (a missing test split stays None)."""
+        test = self.test.to(device) if self.test is not None else None
+        return Splits(self.spec, self.train.to(device), self.val.to(device), test)

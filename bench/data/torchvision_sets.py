@@ -1,12 +1,14 @@
 """MNIST, Fashion-MNIST and CIFAR10 in torchvision's on-disk layout, split as SPEC.md §3 says.
 
 The validation split is the tail of the official train set, cut with no shuffle; the test split is
-the official test set. Pixels stay uint8 (N, C, H, W).
+the official test set. Pixels stay uint8 (N, C, H, W). Loaded with ``with_test=False``, the test
+files (t10k-*, test_batch) are neither required nor opened.
 
-MNIST and Fashion-MNIST are read by torchvision's own dataset classes. CIFAR10 is not: torchvision's
-CIFAR10 md5-checks every batch file, so it refuses any copy that is not byte-identical to the
-official archive (our tiny test files included). We read its documented python-pickle batches
-ourselves after checking that the files exist, and use torchvision only to download them.
+We read the files ourselves and use torchvision only to download them: the idx files of MNIST and
+Fashion-MNIST through ``read_idx_header`` (torchvision's dataset classes require the test files
+even to read the train part), the documented python-pickle batches of CIFAR10 likewise
+(torchvision's CIFAR10 md5-checks every batch file, so it refuses any copy that is not
+byte-identical to the official archive, our tiny test files included).
 
 The checks (``check_mnist``, ``check_fashion_mnist``, ``check_cifar10``) read headers and sizes only:
 an idx file's magic number and dimensions must account for its size exactly; a CIFAR10 batch must
@@ -32,18 +34,16 @@ from bench.errors import DataError
 # tests can move the cut for tiny files; the values here are exact to the official code.
 VAL_START = {"mnist": 50_000, "fashion-mnist": 50_000, "cifar10": 40_000}
 
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+IDX_TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+IDX_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = IDX_TRAIN_FILES + IDX_TEST_FILES
 # torchvision's class of each idx set; it reads <root>/<class name>/raw
 IDX_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 IDX_UBYTE = 0x08  # the idx type code of unsigned bytes, the only one these sets use
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_FILES = CIFAR_TRAIN_FILES + ("test_batch", "batches.meta")
+CIFAR_TEST_FILE = "test_batch"
+CIFAR_FILES = CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE, "batches.meta")
 IDX_NOTE = " (uncompressed: gunzip the .gz files, or pass download=True, which extracts them)"
 DOWNLOAD_HINT = "pass download=True (CLI: --download)"
 CIFAR_ROW = 3 * 32 * 32  # bytes of one image in a batch
@@ -51,27 +51,29 @@ PICKLE_STOP = b"."  # the last opcode of every pickle
 
 
 def _datasets():
-    """torchvision.datasets, imported when a dataset is loaded (importing torchvision takes seconds)."""
+    """torchvision.datasets, imported to download only (importing torchvision takes seconds)."""
     from torchvision import datasets
 
     return datasets
 
 
-def load_mnist(root: Path, download: bool, seed: int) -> Splits:
-    """MNIST as (N, 1, 28, 28) uint8: train 50,000 / val 10,000 / test 10,000. ``seed`` is unused."""
-    return _load_idx_set("mnist", root, download)
+def load_mnist(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
+    """MNIST as (N, 1, 28, 28) uint8: train 50,000 / val 10,000 / test 10,000 (None without
+    ``with_test``: the t10k files are then not needed). ``seed`` is unused."""
+    return _load_idx_set("mnist", root, download, with_test)
 
 
-def load_fashion_mnist(root: Path, download: bool, seed: int) -> Splits:
+def load_fashion_mnist(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
     """Fashion-MNIST, split like MNIST. ``seed`` is unused."""
-    return _load_idx_set("fashion-mnist", root, download)
+    return _load_idx_set("fashion-mnist", root, download, with_test)
 
 
-def load_cifar10(root: Path, download: bool, seed: int) -> Splits:
-    """CIFAR10 as (N, 3, 32, 32) uint8: train 40,000 / val 10,000 / test 10,000. ``seed`` is unused."""
-    folder = _cifar_folder(root, download)
+def load_cifar10(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
+    """CIFAR10 as (N, 3, 32, 32) uint8: train 40,000 / val 10,000 / test 10,000 (None without
+    ``with_test``: test_batch is then not needed). ``seed`` is unused."""
+    folder = _cifar_folder(root, download, with_test)
     train = torch.cat([_read_cifar_batch(folder / name) for name in CIFAR_TRAIN_FILES])
-    test = _read_cifar_batch(folder / "test_batch")
+    test = _read_cifar_batch(folder / CIFAR_TEST_FILE) if with_test else None
     return _split_official_train(DataSpec("cifar10", "image", 3, 32), train, test, folder)
 
 
@@ -89,34 +91,37 @@ def check_cifar10(root: Path, download: bool) -> None:
     """Raise DataError unless the CIFAR10 batches are there, none truncated, and big enough to split."""
     folder = _cifar_folder(root, download)
     per_batch = _cifar_batch_size(folder / "batches.meta")
-    for name in CIFAR_TRAIN_FILES + ("test_batch",):
+    for name in CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,):
         _check_pickle_length(folder / name, per_batch * CIFAR_ROW)
     _check_split_size("cifar10", len(CIFAR_TRAIN_FILES) * per_batch, folder)
 
 
-def _idx_folder(name: str, root: Path, download: bool) -> Path:
-    """The raw folder of an idx set, every idx file checked present (downloaded first if asked)."""
+def _idx_folder(name: str, root: Path, download: bool, with_test: bool = True) -> Path:
+    """The raw folder of an idx set, every idx file checked present (the t10k ones only
+    ``with_test``; downloaded first if asked)."""
     class_name = IDX_CLASSES[name]
     raw = root / class_name / "raw"  # where torchvision looks for the uncompressed idx files
 
     def fetch():  # fetches both parts
         return getattr(_datasets(), class_name)(root, train=True, download=True)
 
-    _require_files(name, raw, IDX_FILES, download, fetch, IDX_NOTE)
+    _require_files(name, raw, IDX_FILES if with_test else IDX_TRAIN_FILES, download, fetch, IDX_NOTE)
     return raw
 
 
-def _cifar_folder(root: Path, download: bool) -> Path:
-    """The CIFAR10 folder, every batch file checked present (downloaded first if asked)."""
+def _cifar_folder(root: Path, download: bool, with_test: bool = True) -> Path:
+    """The CIFAR10 folder, every batch file checked present (test_batch only ``with_test``;
+    downloaded first if asked)."""
     folder = root / CIFAR_FOLDER
-    _require_files("cifar10", folder, CIFAR_FILES, download, lambda: _datasets().CIFAR10(root, download=True))
+    files = CIFAR_FILES if with_test else tuple(f for f in CIFAR_FILES if f != CIFAR_TEST_FILE)
+    _require_files("cifar10", folder, files, download, lambda: _datasets().CIFAR10(root, download=True))
     return folder
 
 
-def _load_idx_set(name: str, root: Path, download: bool) -> Splits:
-    raw = _idx_folder(name, root, download)
-    dataset_class = getattr(_datasets(), IDX_CLASSES[name])
-    train, test = (_read_idx_images(name, dataset_class, root, raw, part) for part in (True, False))
+def _load_idx_set(name: str, root: Path, download: bool, with_test: bool) -> Splits:
+    raw = _idx_folder(name, root, download, with_test)
+    train = read_idx_images(name, raw / IDX_TRAIN_FILES[0])
+    test = read_idx_images(name, raw / IDX_TEST_FILES[0]) if with_test else None
     return _split_official_train(DataSpec(name, "image", 1, 28), train, test, raw)
 
 
@@ -126,9 +131,7 @@ def _check_idx_set(name: str, root: Path, download: bool) -> None:
     counts = {}
     for part in ("train", "t10k"):
         images, labels = raw / f"{part}-images-idx3-ubyte", raw / f"{part}-labels-idx1-ubyte"
-        image_dims, label_dims = read_idx_header(name, images), read_idx_header(name, labels)
-        if len(image_dims) != 3 or image_dims[1:] != (28, 28):
-            raise _malformed(name, [images], f"{images.name} has dimensions {image_dims}, not (n, 28, 28)")
+        image_dims, label_dims = _image_dims(name, images), read_idx_header(name, labels)
         if label_dims != image_dims[:1]:
             raise _malformed(name, [labels], f"{labels.name} has dimensions {label_dims}, not "
                                              f"({image_dims[0]},) as the images")
@@ -156,6 +159,25 @@ def read_idx_header(name: str, path: Path) -> tuple[int, ...]:
         raise _malformed(name, [path], f"{path.name} is {size} bytes where its header {dims} needs {expected} "
                                        "(truncated file?)")
     return dims
+
+
+def _image_dims(name: str, path: Path) -> tuple[int, int, int]:
+    """The dimensions of an idx image file, checked to be (n, 28, 28). Raises DataError naming ``path``."""
+    dims = read_idx_header(name, path)
+    if len(dims) != 3 or dims[1:] != (28, 28):
+        raise _malformed(name, [path], f"{path.name} has dimensions {dims}, not (n, 28, 28)")
+    return dims
+
+
+def read_idx_images(name: str, path: Path) -> torch.Tensor:
+    """The images of an idx image file as (n, 1, 28, 28) uint8, its header checked first.
+    Raises: DataError naming ``path`` if it is malformed or unreadable."""
+    dims = _image_dims(name, path)
+    try:
+        data = np.fromfile(path, np.uint8, offset=4 + 4 * len(dims))
+    except OSError as error:
+        raise _malformed(name, [path], f"cannot read {path.name} ({error.strerror})") from error
+    return torch.from_numpy(data.reshape(dims)).unsqueeze(1)
 
 
 def _read_at(name: str, path: Path, start: int, count: int) -> tuple[bytes, int]:
@@ -193,18 +215,6 @@ def _download(name: str, folder: Path, fetch: Callable[[], object]) -> None:
             name, f"download failed: {error}", [folder], "the files torchvision downloads",
             "retry later, or download the official archive yourself and extract it into the folder above",
         ) from error
-
-
-def _read_idx_images(name: str, dataset_class: type, root: Path, raw: Path, train: bool) -> torch.Tensor:
-    """The images of one official part, (N, 1, 28, 28) uint8, read by torchvision."""
-    path = raw / IDX_FILES[0 if train else 2]
-    try:
-        images = dataset_class(root, train=train).data
-    except (AssertionError, TypeError, ValueError, RuntimeError) as error:
-        raise _malformed(name, [path], f"torchvision could not read it ({error!r})") from error
-    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (28, 28):
-        raise _malformed(name, [path], f"got {tuple(images.shape)} {images.dtype}, not (N, 28, 28) uint8")
-    return images.unsqueeze(1)
 
 
 def _read_cifar_batch(path: Path) -> torch.Tensor:
@@ -251,8 +261,9 @@ def _check_split_size(name: str, train_count: int, folder: Path) -> None:
         raise _malformed(name, [folder], f"the official train set has {train_count} images; the split needs more than {cut}")
 
 
-def _split_official_train(spec: DataSpec, train: torch.Tensor, test: torch.Tensor, folder: Path) -> Splits:
-    """Cut the official train set at VAL_START: train = [:cut], val = [cut:], no shuffle."""
+def _split_official_train(spec: DataSpec, train: torch.Tensor, test: torch.Tensor | None, folder: Path) -> Splits:
+    """Cut the official train set at VAL_START: train = [:cut], val = [cut:], no shuffle; ``test``
+    (None when not loaded) is the official test set."""
     _check_split_size(spec.name, len(train), folder)
     cut = VAL_START[spec.name]
     return Splits(spec, train[:cut], train[cut:], test)
