@@ -101,6 +101,13 @@ def _print_grid(suite, cells, output: Path) -> None:
 def cmd_show(args) -> int:
     import json
 
+    from bench.study import describe, is_study, load_study
+
+    if is_study(args.suite):  # a study file, or a shipped study's name that no suite has
+        if args.only or args.json:
+            raise ConfigError("show STUDY takes no --only or --json (they select and print a suite's cells)")
+        print(describe(load_study(args.suite)))
+        return 0
     suite, cells = _suite_parts(args)
     if args.json:
         print(json.dumps([{"cell_id": c.cell_id, **c.config.to_dict()} for c in cells], indent=2))
@@ -148,6 +155,7 @@ def cmd_list(args) -> int:
     from bench.data import dataset_names
     from bench.metrics import METRICS
     from bench.models import MODELS
+    from bench.study import shipped_studies
     from bench.suite import shipped_suites
 
     sections = {
@@ -156,8 +164,9 @@ def cmd_list(args) -> int:
         "suites": shipped_suites(),
         "metrics": [f"{n:17s} {'higher' if METRICS.get(n).higher_is_better else 'lower '} is better  "
                     f"{METRICS.get(n).description}" for n in METRICS.names()],
+        "studies": shipped_studies(),
     }
-    for name in [args.what] if args.what else sections:
+    for name in [args.what] if args.what else ("models", "datasets", "suites", "metrics"):
         print(f"{name}:")
         for line in sections[name]:
             print(f"  {line}")
@@ -205,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
-    show = sub.add_parser("show", help="print a suite's resolved grid")
+    show = sub.add_parser("show", help="print a suite's resolved grid, or a study's spaces and budgets")
     show.add_argument("suite")
     show.add_argument("--only")
     show.add_argument("--output", help="run folder, to show each cell's status")
@@ -227,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     lst = sub.add_parser("list", help="list models, datasets, suites and metrics")
-    lst.add_argument("what", nargs="?", choices=["models", "datasets", "suites", "metrics"])
+    lst.add_argument("what", nargs="?", choices=["models", "datasets", "suites", "metrics", "studies"])
     lst.set_defaults(func=cmd_list)
 
     perf = sub.add_parser("perf", help="images/s of the trainer step against the bare step")

@@ -4,7 +4,7 @@ A suite file (see suites/*.yaml and the README):
 
     name: smoke                       # required
     description: ...                  # optional
-    include: base.yaml                # optional; this file's keys override the included ones
+    include: base.yaml                # optional (a path, or a shipped suite's name); keys here override
     datasets:                         # a list of names, or a mapping name -> settings
       shapes:
         options: {size: 32}           # dataset options (bench.data)
@@ -13,7 +13,8 @@ A suite file (see suites/*.yaml and the README):
     models:                           # a list of names, or a mapping name -> settings
       vqvae:
         options: {beta: 0.25}         # this model's option overrides
-        datasets: {shapes: {size_dict: 16}}  # this model on one dataset
+        datasets:                     # this model on one dataset: model options, and a train mapping
+          shapes: {size_dict: 16, train: {lr: 3.0e-4}}
     seeds: [0, 1]
     train: {epochs: 2, batch_size: 32}  # bench.train.TrainConfig fields
     exclude: [{dataset: shapes, model: vqvae}, {seed: 1}]
@@ -22,8 +23,9 @@ A suite file (see suites/*.yaml and the README):
     miou_absent: zero                 # mIoU convention for absent classes: zero | ignore
 
 Model options resolve as: dataset paper settings < model defaults < dataset.model_options <
-models.<m>.options < models.<m>.datasets.<d>. Every error names the file, the key path and the
-valid choices, and is raised before anything runs.
+models.<m>.options < models.<m>.datasets.<d>; train settings as: train < datasets.<d>.train <
+models.<m>.datasets.<d>.train (so a tuned learning rate can differ per model). Every error names the
+file, the key path and the valid choices, and is raised before anything runs.
 """
 from __future__ import annotations
 
@@ -79,27 +81,27 @@ class Suite:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def _fail(source: Path, path: str, message: str) -> ConfigError:
+def fail(source: Path, path: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {path}: {message}")
 
 
-def _check_keys(mapping: dict, allowed: tuple[str, ...], source: Path, path: str) -> None:
+def check_keys(mapping: dict, allowed: tuple[str, ...], source: Path, path: str) -> None:
     for key in mapping:
         if key not in allowed:
             where = f"{path}.{key}" if path else str(key)
-            raise _fail(source, where, f"unknown key{did_you_mean(str(key), list(allowed))}; valid: {', '.join(allowed)}")
+            raise fail(source, where, f"unknown key{did_you_mean(str(key), list(allowed))}; valid: {', '.join(allowed)}")
 
 
-def _expect(value, types, source: Path, path: str, what: str):
+def expect(value, types, source: Path, path: str, what: str):
     types = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise _fail(source, path, f"expected {what}, got {type(value).__name__} {value!r}")
+        raise fail(source, path, f"expected {what}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _check_name(name, registry, source: Path, path: str) -> None:
+def check_name(name, registry, source: Path, path: str) -> None:
     if name not in registry:
-        raise _fail(source, path, f"unknown {registry.kind} {name!r}{did_you_mean(str(name), registry.names())}; "
+        raise fail(source, path, f"unknown {registry.kind} {name!r}{did_you_mean(str(name), registry.names())}; "
                     f"valid: {', '.join(sorted(registry.names()))}")
 
 
@@ -107,49 +109,54 @@ def _check_exclude_values(rule: dict, source: Path, path: str) -> None:
     """A misspelt name or a quoted seed would otherwise exclude nothing, silently."""
     for key, registry in (("dataset", DATASETS), ("model", MODELS)):
         if key in rule:
-            _check_name(rule[key], registry, source, f"{path}.{key}")
+            check_name(rule[key], registry, source, f"{path}.{key}")
     if "seed" in rule:
-        _expect(rule["seed"], int, source, f"{path}.seed", "an integer")
+        expect(rule["seed"], int, source, f"{path}.seed", "an integer")
 
 
 def _named_entries(value, source: Path, key: str, registry, entry_keys: tuple[str, ...]) -> dict:
     """A list of names or a mapping name -> settings, checked against a registry."""
     if isinstance(value, list):
         value = {name: None for name in value}
-    _expect(value, dict, source, key, f"a list of {registry.kind} names or a mapping")
+    expect(value, dict, source, key, f"a list of {registry.kind} names or a mapping")
     if not value:
-        raise _fail(source, key, f"needs at least one {registry.kind}")
+        raise fail(source, key, f"needs at least one {registry.kind}")
     entries = {}
     for name, settings in value.items():
-        _check_name(name, registry, source, f"{key}.{name}")
+        check_name(name, registry, source, f"{key}.{name}")
         settings = settings or {}
-        _expect(settings, dict, source, f"{key}.{name}", "a mapping")
-        _check_keys(settings, entry_keys, source, f"{key}.{name}")
+        expect(settings, dict, source, f"{key}.{name}", "a mapping")
+        check_keys(settings, entry_keys, source, f"{key}.{name}")
         for sub, sub_value in settings.items():
-            _expect(sub_value, dict, source, f"{key}.{name}.{sub}", "a mapping")
+            expect(sub_value, dict, source, f"{key}.{name}.{sub}", "a mapping")
         entries[name] = {k: dict(settings.get(k) or {}) for k in entry_keys}
     return entries
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
+def read_yaml(path: Path, chain: tuple[Path, ...] = (), keys: tuple[str, ...] = SUITE_KEYS) -> dict:
+    """The mapping of the file at ``path`` merged over its ``include`` chain (a suite file, by path relative
+    to the including file or by shipped suite name). ``keys``: the keys allowed at the top of ``path``
+    itself (included files are suites). Raises ConfigError naming the file and key."""
     if path in chain:
         raise ConfigError(f"{path}: include cycle: {' -> '.join(map(str, chain + (path,)))}")
     if not path.exists():
         raise ConfigError(f"{path}: suite file not found (suites shipped: {', '.join(shipped_suites())})")
-    raw = _parse_yaml(path)
-    _expect(raw, dict, path, "(top level)", "a mapping")
-    _check_keys(raw, SUITE_KEYS, path, "")
+    raw = parse_yaml(path)
+    expect(raw, dict, path, "(top level)", "a mapping")
+    check_keys(raw, keys, path, "")
     if "include" not in raw:
         return raw
-    included = _expect(raw["include"], str, path, "include", "a file path")
+    included = expect(raw["include"], str, path, "include", "a file path")
     base_path = (path.parent / included).resolve()
+    if not base_path.exists() and Path(included).suffix == "" and included in shipped_suites():
+        base_path = SUITES_DIR / f"{included}.yaml"
     if not base_path.exists():
-        raise _fail(path, "include", f"{included} not found (looked for {base_path})")
-    base = _read_yaml(base_path, chain + (path,))
-    return _merge(_normalise_named(base), _normalise_named({k: v for k, v in raw.items() if k != "include"}))
+        raise fail(path, "include", f"{included} not found (looked for {base_path})")
+    base = read_yaml(base_path, chain + (path,))
+    return merge(normalise_named(base), normalise_named({k: v for k, v in raw.items() if k != "include"}))
 
 
-def _parse_yaml(path: Path):
+def parse_yaml(path: Path):
     """The YAML value of the file at ``path``; {} for an empty file. Raises ConfigError naming it."""
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a suite file")
@@ -170,15 +177,15 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge(base: dict, override: dict) -> dict:
     """Recursive dict merge: override wins; lists are replaced, not concatenated."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return merged
 
 
-def _normalise_named(raw: dict) -> dict:
+def normalise_named(raw: dict) -> dict:
     """Turn list-form datasets/models into mappings so includes merge per name."""
     return {k: ({n: {} for n in v} if k in ("datasets", "models") and isinstance(v, list) else v) for k, v in raw.items()}
 
@@ -186,58 +193,71 @@ def _normalise_named(raw: dict) -> dict:
 def load_suite(path_or_name: str | Path) -> Suite:
     """Load a suite by path, or by name from the shipped suites/ folder. Raises ConfigError."""
     path = resolve_suite_path(path_or_name)
-    raw = _read_yaml(path, ())
-    return _validate(raw, path)
+    raw = read_yaml(path, ())
+    return validate_suite(raw, path)
 
 
 def resolve_suite_path(path_or_name: str | Path) -> Path:
-    path = Path(path_or_name)
-    if not path.exists() and path.suffix == "" and (SUITES_DIR / f"{path}.yaml").exists():
-        path = SUITES_DIR / f"{path}.yaml"
-    return path.resolve()
+    return resolve_named_path(path_or_name, SUITES_DIR)
 
 
 def shipped_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    return shipped_names(SUITES_DIR)
 
 
-def _validate(raw: dict, source: Path) -> Suite:
+def resolve_named_path(path_or_name: str | Path, folder: Path) -> Path:
+    """A file by path, or by name (no suffix) from a folder of shipped files (suites/, studies/)."""
+    path = Path(path_or_name)
+    if not path.exists() and path.suffix == "" and (folder / f"{path}.yaml").exists():
+        path = folder / f"{path}.yaml"
+    return path.resolve()
+
+
+def shipped_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def validate_suite(raw: dict, source: Path) -> Suite:
     if "name" not in raw:
-        raise _fail(source, "name", "required key missing")
+        raise fail(source, "name", "required key missing")
     for key in ("datasets", "models"):
         if key not in raw:
-            raise _fail(source, key, "required key missing")
-    raw = _normalise_named(raw)
+            raise fail(source, key, "required key missing")
+    raw = normalise_named(raw)
     seeds = raw.get("seeds", [0])
-    _expect(seeds, list, source, "seeds", "a list of integers")
+    expect(seeds, list, source, "seeds", "a list of integers")
     if not seeds:
-        raise _fail(source, "seeds", "needs at least one seed")
+        raise fail(source, "seeds", "needs at least one seed")
     for i, seed in enumerate(seeds):
-        _expect(seed, int, source, f"seeds[{i}]", "an integer")
-    train = dict(_expect(raw.get("train") or {}, dict, source, "train", "a mapping"))
-    _check_train(train, source, "")
-    exclude = _expect(raw.get("exclude") or [], list, source, "exclude", "a list of mappings")
+        expect(seed, int, source, f"seeds[{i}]", "an integer")
+    train = dict(expect(raw.get("train") or {}, dict, source, "train", "a mapping"))
+    check_train(train, source, "")
+    exclude = expect(raw.get("exclude") or [], list, source, "exclude", "a list of mappings")
     for i, rule in enumerate(exclude):
-        _expect(rule, dict, source, f"exclude[{i}]", "a mapping")
-        _check_keys(rule, EXCLUDE_KEYS, source, f"exclude[{i}]")
+        expect(rule, dict, source, f"exclude[{i}]", "a mapping")
+        check_keys(rule, EXCLUDE_KEYS, source, f"exclude[{i}]")
         _check_exclude_values(rule, source, f"exclude[{i}]")
-    metric_names = _expect(raw.get("metrics") or [], list, source, "metrics", "a list of metric names")
+    metric_names = expect(raw.get("metrics") or [], list, source, "metrics", "a list of metric names")
     for name in metric_names:
-        _check_name(name, METRICS, source, "metrics")
+        check_name(name, METRICS, source, "metrics")
     miou_absent = raw.get("miou_absent", "zero")
     if miou_absent not in MIOU_ABSENT:
-        raise _fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")
+        raise fail(source, "miou_absent", f"must be one of {', '.join(MIOU_ABSENT)}; got {miou_absent!r}")
     datasets = _named_entries(raw["datasets"], source, "datasets", DATASETS, DATASET_KEYS)
     models = _named_entries(raw["models"], source, "models", MODELS, MODEL_KEYS)
     for name, entry in datasets.items():  # the top level is valid, so an error here is the override's
-        _check_train({**train, **entry["train"]}, source, f"datasets.{name}.", entry["train"])
+        check_train({**train, **entry["train"]}, source, f"datasets.{name}.", entry["train"])
     for name, entry in models.items():  # otherwise a misspelt dataset name is silently ignored
         for dataset, options in entry["datasets"].items():
-            _check_name(dataset, DATASETS, source, f"models.{name}.datasets.{dataset}")
-            _expect(options, dict, source, f"models.{name}.datasets.{dataset}", "a mapping of model options")
+            check_name(dataset, DATASETS, source, f"models.{name}.datasets.{dataset}")
+            expect(options, dict, source, f"models.{name}.datasets.{dataset}", "a mapping of model options")
+            if "train" in options:  # this model's train overrides on this dataset
+                where = f"models.{name}.datasets.{dataset}."
+                given = expect(options["train"], dict, source, f"{where}train", "a mapping of train settings")
+                check_train({**train, **datasets.get(dataset, {}).get("train", {}), **given}, source, where, given)
     suite = Suite(
-        name=_expect(raw["name"], str, source, "name", "a string"),
-        description=_expect(raw.get("description", ""), str, source, "description", "a string"),
+        name=expect(raw["name"], str, source, "name", "a string"),
+        description=expect(raw.get("description", ""), str, source, "description", "a string"),
         source=source,
         datasets=datasets,
         models=models,
@@ -245,28 +265,28 @@ def _validate(raw: dict, source: Path) -> Suite:
         train=train,
         exclude=tuple(exclude),
         metrics=tuple(metric_names),
-        fid=_expect(raw.get("fid", False), bool, source, "fid", "true or false"),
+        fid=expect(raw.get("fid", False), bool, source, "fid", "true or false"),
         miou_absent=miou_absent,
     )
     cells = expand(suite)
     if not cells:
-        raise _fail(source, "exclude", f"excludes every cell, so the suite's grid is empty ({len(datasets)} "
+        raise fail(source, "exclude", f"excludes every cell, so the suite's grid is empty ({len(datasets)} "
                     f"datasets x {len(models)} models x {len(seeds)} seeds before exclusions)")
     check_buildable(cells)  # bad options and model/data mismatches fail here
     return suite
 
 
-def _check_train(train: dict, source: Path, prefix: str, given: dict | None = None) -> None:
+def check_train(train: dict, source: Path, prefix: str, given: dict | None = None) -> None:
     """Raise ConfigError as '<file>: <prefix>train.<key>: <problem>' unless ``train`` makes a TrainConfig.
 
     ``given``: the keys written at ``prefix`` (default ``train`` itself), checked against TrainConfig's fields.
     """
-    _check_keys(train if given is None else given, TRAIN_KEYS, source, f"{prefix}train")
+    check_keys(train if given is None else given, TRAIN_KEYS, source, f"{prefix}train")
     try:
         TrainConfig(**train)
     except ConfigError as err:  # TrainConfig says "train.<key> must be ..."
         key_path, _, problem = str(err).partition(" ")
-        raise _fail(source, f"{prefix}{key_path}", problem) from None
+        raise fail(source, f"{prefix}{key_path}", problem) from None
 
 
 def check_buildable(cells: list[Cell]) -> None:
@@ -280,12 +300,21 @@ def check_buildable(cells: list[Cell]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        spec = dataset_spec(config.dataset, **config.data_options)
         try:
-            with torch.device("meta"):
-                build_model(config.model, spec, config.model_options)
+            build_on_meta(config)
         except ValueError as err:
             raise ConfigError(f"{cell.cell_id}: model '{config.model}' on dataset '{config.dataset}': {err}") from None
+
+
+def build_on_meta(config: RunConfig) -> None:
+    """Build ``config``'s model on the meta device (no memory, no data).
+
+    Raises:
+        ValueError: a setting the model rejects (its message says which).
+    """
+    spec = dataset_spec(config.dataset, **config.data_options)
+    with torch.device("meta"):
+        build_model(config.model, spec, config.model_options)
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -304,18 +333,33 @@ def is_excluded(rules: tuple[dict, ...], dataset: str, model: str, seed: int) ->
     return any(all(point[k] == v for k, v in rule.items()) for rule in rules)
 
 
-def resolve_cell_config(suite: Suite, dataset: str, model: str, seed: int) -> RunConfig:
+def model_on_dataset(suite: Suite, dataset: str, model: str) -> tuple[dict, dict]:
+    """(model options, train overrides) that ``models.<model>.datasets.<dataset>`` sets."""
+    options = dict(suite.models[model]["datasets"].get(dataset, {}))
+    return options, options.pop("train", {})
+
+
+def cell_config(suite: Suite, dataset: str, model: str, seed: int) -> RunConfig:
+    """The resolved config of one cell (see the module docstring for the order of overrides).
+
+    Raises:
+        ConfigError, TypeError: a bad option or setting, without naming the file (resolve_cell_config does).
+    """
     d, m = suite.datasets[dataset], suite.models[model]
-    where = f"{suite.source}: datasets.{dataset} / models.{model}"
+    options, train = model_on_dataset(suite, dataset, model)
+    spec = dataset_spec(dataset, **d["options"])
+    model_options = resolve_model_options(model, spec, {**d["model_options"], **m["options"], **options})
+    return RunConfig(dataset=dataset, model=model, seed=seed, data_options=d["options"], model_options=model_options,
+                     train=TrainConfig(**{**suite.train, **d["train"], **train}), fid=suite.fid,
+                     miou_absent=suite.miou_absent)
+
+
+def resolve_cell_config(suite: Suite, dataset: str, model: str, seed: int) -> RunConfig:
+    """cell_config, with errors naming the suite file and the dataset and model entries."""
     try:
-        spec = dataset_spec(dataset, **d["options"])
-        overrides = {**d["model_options"], **m["options"], **m["datasets"].get(dataset, {})}
-        options = resolve_model_options(model, spec, overrides)
-        train = TrainConfig(**{**suite.train, **d["train"]})
+        return cell_config(suite, dataset, model, seed)
     except (ConfigError, TypeError) as err:
-        raise ConfigError(f"{where}: {err}") from None
-    return RunConfig(dataset=dataset, model=model, seed=seed, data_options=d["options"], model_options=options,
-                     train=train, fid=suite.fid, miou_absent=suite.miou_absent)
+        raise ConfigError(f"{suite.source}: datasets.{dataset} / models.{model}: {err}") from None
 
 
 def expand(suite: Suite) -> list[Cell]:
