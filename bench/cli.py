@@ -84,6 +84,71 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def _only_pairs(text: str | None) -> tuple[tuple[str, str], ...] | None:
+    """--only for studies: dataset=... and model=... select (dataset, model) pairs; seeds do not apply."""
+    from bench.suite import parse_only
+
+    selection = parse_only(text)
+    if "seed" in selection:
+        raise ConfigError("--only: a study selects datasets and models, not seeds (trials use the study's seed)")
+    if not selection:
+        return None
+    return tuple(("*" if "dataset" not in selection else d, "*" if "model" not in selection else m)
+                 for d in selection.get("dataset", {"*"}) for m in selection.get("model", {"*"}))
+
+
+def cmd_tune(args) -> int:
+    from bench.run import RunEnv
+    from bench.study import describe, load_study
+    from bench.study import pairs as study_pairs
+    from bench.tracking import ui_command
+    from bench.tune import TuneOptions, check_inputs, dashboard_command, storage_url, tune
+
+    study = load_study(args.study)
+    wanted = _only_pairs(args.only)
+    pairs = None if wanted is None else tuple(
+        p for p in study_pairs(study) if any(w[0] in ("*", p[0]) and w[1] in ("*", p[1]) for w in wanted))
+    env = RunEnv(device=args.device, data_root=args.data_root, download=args.download, fid_weights=args.fid_weights,
+                 threads=args.threads, deterministic=args.deterministic)
+    options = TuneOptions(output=Path(args.output or DEFAULT_RUNS / f"study-{study.name}"),
+                          results=Path(args.results or DEFAULT_RESULTS / f"study-{study.name}"), env=env,
+                          workers=args.workers, storage=args.storage, pairs=pairs, search=not args.final_only,
+                          final=not args.search_only, untuned=Path(args.untuned) if args.untuned else None,
+                          tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                          tracking_optional=args.tracking_optional, progress=not args.no_progress)
+    if args.final_only and args.search_only:
+        raise ConfigError("--final-only and --search-only exclude each other")
+    if args.dry_run:
+        check_inputs(study, options)
+        print(describe(study))
+        print(f"storage: {storage_url(options)}\noutput: {options.output}\nresults: {options.results}")
+        return 0
+    done = tune(study, options)
+    print(f"\n{study.name}: search of {len(done.pairs)} (dataset, model) pairs, {study.trials} trials each "
+          f"({', '.join(study.objective)}), {done.seconds:.0f} s in all")
+    for pair in done.pairs:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(pair.counts.items()))
+        best = "no completed trial" if pair.best_number is None else (
+            f"best trial {pair.best_number}: {', '.join(f'{v:.6g}' for v in pair.best_values)} with "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in pair.best_params.items()))
+        print(f"  {pair.dataset}/{pair.model}: {counts}; {best}")
+    if done.final is not None:
+        summary = done.final.summary
+        print(f"\nfinal stage ({done.tuned_suite}): {len(summary.completed)} completed, {len(summary.skipped)} "
+              f"already done, {len(summary.failed)} failed")
+        for cell_id, reason in summary.failed.items():
+            print(f"  FAILED {cell_id}: {reason}")
+        if done.final.tables is not None:
+            print("\n" + done.final.tables["markdown"])
+    print(f"Tables, tuned.yaml and plots: {options.results}/")
+    print(f"Optuna: {dashboard_command(done.storage)}")
+    if done.tracking_error:
+        print(f"MLflow: tracking failed ({done.tracking_error})")
+    if done.tracking_uri is not None:
+        print(f"MLflow: {ui_command(done.tracking_uri)}")
+    return done.exit_code
+
+
 def _print_grid(suite, cells, output: Path) -> None:
     from bench import store
 
@@ -162,11 +227,11 @@ def cmd_list(args) -> int:
         "models": [f"{n:14s} {MODELS.get(n).description}" for n in MODELS.names()],
         "datasets": dataset_names(),
         "suites": shipped_suites(),
+        "studies": shipped_studies(),
         "metrics": [f"{n:17s} {'higher' if METRICS.get(n).higher_is_better else 'lower '} is better  "
                     f"{METRICS.get(n).description}" for n in METRICS.names()],
-        "studies": shipped_studies(),
     }
-    for name in [args.what] if args.what else ("models", "datasets", "suites", "metrics"):
+    for name in [args.what] if args.what else sections:
         print(f"{name}:")
         for line in sections[name]:
             print(f"  {line}")
@@ -178,6 +243,15 @@ def cmd_perf(args) -> int:
     from bench.perf import measure
 
     check_device(args.device)
+    if args.trial:
+        from bench.perf import measure_trial
+
+        cost = measure_trial(args.study, repeats=args.repeats, device=args.device)
+        print(f"study {cost.study}, {cost.dataset}/{cost.model} (median of {args.repeats}):")
+        print(f"  as a suite cell (fit, test, pictures): {cost.cell_s:7.2f} s")
+        print(f"  as an Optuna trial (fit, pruning):     {cost.trial_s:7.2f} s")
+        print(f"  ratio trial / cell:                    {cost.ratio:7.3f}")
+        return 0
     result = measure(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                      device=args.device, precision=args.precision)
     print(f"{result.model} on {result.dataset}, batch {result.batch_size}, {result.device}:")
@@ -185,6 +259,23 @@ def cmd_perf(args) -> int:
     print(f"  bare step:    {result.bare_images_per_s:9.1f} images/s")
     print(f"  ratio:        {result.ratio:9.3f}")
     return 0
+
+
+def _execution_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how cells and trials run, and where they are tracked (shared by `run` and `tune`)."""
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in --output)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--tracking-optional", action="store_true",
+                        help="if the tracking store cannot be reached, run without it (said once; `sync` mirrors later)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op CPU threads per cell (default 1); part of the numerical path, recorded in env.json")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                        help="PyTorch deterministic algorithms, cuDNN deterministic mode (default on)")
+    parser.add_argument("--device", default="auto", help="auto (GPUs round-robin, else CPU), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--data-root", help="dataset root (default $SQVAE_BENCH_DATA or ./data)")
+    parser.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
+    parser.add_argument("--fid-weights", help="Inception weights file for FID (default $SQVAE_BENCH_INCEPTION_WEIGHTS or torch hub cache)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,19 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved grid and exit")
     run.add_argument("--only", help="select cells, e.g. dataset=shapes,model=vqvae+sqvae-gauss-1")
     run.add_argument("--rerun", action="store_true", help="run completed cells again (old folders move to replaced/)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in --output)")
-    run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    run.add_argument("--tracking-optional", action="store_true",
-                     help="if the tracking store cannot be reached, run without it (said once; `sync` mirrors later)")
-    run.add_argument("--threads", type=int, default=1,
-                     help="intra-op CPU threads per cell (default 1); part of the numerical path, recorded in env.json")
-    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
-                     help="PyTorch deterministic algorithms, cuDNN deterministic mode (default on)")
-    run.add_argument("--device", default="auto", help="auto (GPUs round-robin, else CPU), cpu, cuda, cuda:1 ...")
-    run.add_argument("--data-root", help="dataset root (default $SQVAE_BENCH_DATA or ./data)")
-    run.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
-    run.add_argument("--fid-weights", help="Inception weights file for FID (default $SQVAE_BENCH_INCEPTION_WEIGHTS or torch hub cache)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _execution_args(run)
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="print a suite's resolved grid, or a study's spaces and budgets")
@@ -230,6 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--reference", help="CSV of published numbers: dataset,model,metric,value[,source]")
     table.set_defaults(func=cmd_table)
 
+    tune = sub.add_parser("tune", help="run an Optuna study: equal-budget search on validation, then the final stage")
+    tune.add_argument("study", help="study file, or the name of a shipped study (see `list studies`)")
+    tune.add_argument("--workers", type=int, default=1, help="trials (and final cells) at a time")
+    tune.add_argument("--output", help="run folder (default runs/study-<study>): storage, trials, final cells")
+    tune.add_argument("--results", help="table folder (default results/study-<study>): table, tuned.yaml, plots")
+    tune.add_argument("--storage", help="Optuna storage: a journal file path, or a database URL (default: a journal "
+                      "file in --output)")
+    tune.add_argument("--dry-run", action="store_true", help="print the resolved spaces and budgets and exit")
+    tune.add_argument("--only", help="select pairs, e.g. dataset=shapes,model=vqvae+sqvae-gauss-1")
+    tune.add_argument("--final-only", action="store_true", help="skip the search: retrain the best trials found so far")
+    tune.add_argument("--search-only", action="store_true", help="search, without the final stage")
+    tune.add_argument("--untuned", help="run folder of the untuned suite, shown beside the tuned table with the difference")
+    _execution_args(tune)
+    tune.set_defaults(func=cmd_tune)
     sync = sub.add_parser("sync", help="mirror every finished cell folder that MLflow lacks into MLflow")
     sync.add_argument("output", help="a run folder (the --output of `run`)")
     sync.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite in the folder)")
@@ -247,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=3)
     perf.add_argument("--device", default="auto")
     perf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    perf.add_argument("--trial", action="store_true",
+                      help="instead: wall time of a study's configuration as an Optuna trial against a suite cell")
+    perf.add_argument("--study", default="smoke", help="with --trial: the study whose first configuration is timed")
     perf.set_defaults(func=cmd_perf)
     return parser
 
@@ -255,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from bench.plugins import load_plugins
+
+        load_plugins()
         return args.func(args)
     except BenchError as err:  # ConfigError, DataError, ...: the user's to fix
         print(f"sqvae-bench: error: {err}", file=sys.stderr)

@@ -41,6 +41,7 @@ class RunOptions:
     tracking_uri: str | None = None
     tracking_optional: bool = False
     progress: bool = True
+    reference: Path | None = None  # a CSV of numbers to show beside ours (bench.tables.load_reference)
 
 
 @dataclass
@@ -113,6 +114,6 @@ def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
         tables = None
         if summary.completed or summary.skipped:
             tables = write_tables(options.output, options.results, metrics=list(suite.metrics) or None,
-                                  cell_ids=[c.cell_id for c in cells])
+                                  cell_ids=[c.cell_id for c in cells], reference=options.reference)
     return SuiteRun(summary, tables, uri if tracker is not None else None, mirror.error, list(mirror.missed),
                     [m for m in mirrored if m not in summary.completed])

@@ -83,23 +83,25 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """``value`` as a quoted string of MLflow's search syntax."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class Mirror:
-    """MLflow runs of one suite invocation over one output folder; see the module docstring."""
+class Guarded:
+    """A Tracker (or None) whose writes never raise: the first error is reported once, then tracking
+    is off (``error`` says why) and the keys of what MLflow missed are kept in ``missed``."""
 
-    def __init__(self, tracker: Tracker | None, suite_name: str, output: Path,
-                 warn: Callable[[str], None] = _warn):
-        self.tracker, self.suite_name = tracker, suite_name
+    key_tag = TAG_CELL_ID  # the tag naming what a nested run mirrors (a cell, a trial)
+
+    def __init__(self, tracker: Tracker | None, output: Path, warn: Callable[[str], None] = _warn):
+        self.tracker = tracker
         self.output = str(Path(output).resolve())
         self.warn = warn
-        self.run_ids: dict[str, str] = {}  # cell id -> its open run
-        self.previous: dict[str, str] = {}  # cell id -> run id a dead invocation left RUNNING
-        self.warnings: dict[str, str] = {}  # cell id -> a warning that came before its run started
         self.error: str | None = None
-        self.missed: list[str] = []  # cells whose final state MLflow did not get
+        self.missed: list[str] = []
+        self.run_ids: dict[str, str] = {}  # key -> its open nested run
+        self.previous: dict[str, str] = {}  # key -> run id a dead invocation left RUNNING
 
     @property
     def active(self) -> bool:
@@ -120,38 +122,48 @@ class Mirror:
                 self.missed.append(cell_id)
             return None
 
-    # -- the suite ---------------------------------------------------------------------------
-    def start(self, params: dict) -> None:
-        """End runs a dead invocation left RUNNING, then open the suite's parent run."""
-        self.end_stale()
-        self._guard("starting the suite run", self.tracker.start_suite if self.tracker else None, self.suite_name,
-                    params, {"suite": self.suite_name, TAG_OUTPUT: self.output})
-
     def end_stale(self) -> None:
         """End the runs of this output folder left RUNNING by a dead invocation as KILLED."""
         self._guard("ending stale runs", self._end_stale)
 
     def _end_stale(self) -> None:
-        stale = self.tracker.search_runs(f"attributes.status = 'RUNNING' and tags.{TAG_OUTPUT} = {_quote(self.output)}")
+        stale = self.tracker.search_runs(f"attributes.status = 'RUNNING' and tags.{TAG_OUTPUT} = {quote(self.output)}")
         for run in stale:
-            cell_id = run.data.tags.get(TAG_CELL_ID)
-            if cell_id:
-                self.previous[cell_id] = run.info.run_id
+            key = run.data.tags.get(self.key_tag)
+            if key:
+                self.previous[key] = run.info.run_id
             self.tracker.terminate(run.info.run_id, "killed", "its sqvae-bench process died (killed or crashed)")
         if stale:
             self.warn(f"ended {len(stale)} MLflow run(s) left RUNNING by an earlier invocation as KILLED")
 
     def finish(self, status: str, summary: dict) -> None:
         if self.tracker is not None and self.tracker.suite_run_id is not None:
-            self._guard("ending the suite run", self.tracker.finish_suite, status, summary)
+            self._guard("ending the parent run", self.tracker.finish_suite, status, summary)
 
     def kill_open(self, reason: str) -> None:
-        """Ctrl-C: end every open cell run and the suite run as KILLED."""
-        for cell_id, run_id in list(self.run_ids.items()):
-            self._guard("ending a cell run", self.tracker.terminate, run_id, "killed", reason, cell_id=cell_id)
+        """Ctrl-C: end every open nested run and the parent run as KILLED."""
+        for key, run_id in list(self.run_ids.items()):
+            self._guard("ending a run", self.tracker.terminate, run_id, "killed", reason, cell_id=key)
         self.run_ids.clear()
         if self.tracker is not None and self.tracker.suite_run_id is not None:
-            self._guard("ending the suite run", self.tracker.terminate, self.tracker.suite_run_id, "killed", reason)
+            self._guard("ending the parent run", self.tracker.terminate, self.tracker.suite_run_id, "killed", reason)
+
+
+class Mirror(Guarded):
+    """MLflow runs of one suite invocation over one output folder; see the module docstring."""
+
+    def __init__(self, tracker: Tracker | None, suite_name: str, output: Path,
+                 warn: Callable[[str], None] = _warn):
+        super().__init__(tracker, output, warn)
+        self.suite_name = suite_name
+        self.warnings: dict[str, str] = {}  # cell id -> a warning that came before its run started
+
+    # -- the suite ---------------------------------------------------------------------------
+    def start(self, params: dict) -> None:
+        """End runs a dead invocation left RUNNING, then open the suite's parent run."""
+        self.end_stale()
+        self._guard("starting the suite run", self.tracker.start_suite if self.tracker else None, self.suite_name,
+                    params, {"suite": self.suite_name, TAG_OUTPUT: self.output})
 
     # -- cells -------------------------------------------------------------------------------
     def _cell_tags(self, info: dict) -> dict:
@@ -224,7 +236,7 @@ class Mirror:
         return done
 
     def _mirrored(self) -> set[tuple[str, str]]:
-        runs = self.tracker.search_runs(f"tags.{TAG_OUTPUT} = {_quote(self.output)}")
+        runs = self.tracker.search_runs(f"tags.{TAG_OUTPUT} = {quote(self.output)}")
         return {(r.data.tags.get(TAG_CELL_ID), r.data.tags.get(TAG_STATUS)) for r in runs
                 if r.info.status in ("FINISHED", "FAILED")}
 

@@ -85,3 +85,51 @@ def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50
     images = steps * batch_size
     return PerfResult(model_name, dataset, batch_size, str(dev), images / statistics.median(trainer_times),
                       images / statistics.median(bare_times))
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    study: str
+    dataset: str
+    model: str
+    cell_s: float  # run_cell: fit, test, pictures
+    trial_s: float  # an Optuna trial of the same config: fit with pruning reports, no test
+
+    @property
+    def ratio(self) -> float:
+        return self.trial_s / self.cell_s
+
+
+def measure_trial(study_name: str = "smoke", repeats: int = 3, device: str = "auto") -> TrialCost:
+    """Wall time of one study configuration run as a suite cell and as a trial (in this process, median)."""
+    import tempfile
+    from pathlib import Path
+
+    import optuna
+
+    from bench.run import RunEnv, run_cell
+    from bench.study import load_study, make_sampler, pairs, trial_config
+    from bench.tune import TrialTask, execute_trial, open_storage
+
+    study = load_study(study_name)
+    dataset, model = pairs(study)[0]
+    config = trial_config(study, dataset, model, {})
+    env = RunEnv(device=device)
+    cell_times, trial_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        url = str(Path(tmp) / "perf.journal")
+        ostudy = optuna.create_study(study_name="perf", storage=open_storage(url), directions=list(study.directions),
+                                     sampler=make_sampler(study, study.space.get(model, ())))
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            run_cell(config, Path(tmp) / f"cell{repeat}", env)
+            cell_times.append(time.perf_counter() - started)
+            trial = ostudy.ask()
+            pruner = study.pruner if study.pruner.get("name", "none") != "none" and len(study.objective) == 1 else None
+            task = TrialTask("perf", url, "perf", trial.number, config, env, study.objective, pruner, study)
+            started = time.perf_counter()
+            outcome = execute_trial(task)
+            trial_times.append(time.perf_counter() - started)
+            ostudy.tell(trial, outcome["values"][0] if outcome["state"] == "complete" else None,
+                        state=None if outcome["state"] == "complete" else optuna.trial.TrialState.FAIL)
+    return TrialCost(study.name, dataset, model, statistics.median(cell_times), statistics.median(trial_times))

@@ -36,6 +36,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (a plugin's entry, a test's); returns its entry. Raises ConfigError if unknown."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
     def decorator(self, name: str) -> Callable[[T], T]:
         return lambda entry: self.register(name, entry)
 

@@ -35,6 +35,7 @@ from bench import numerics, store
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
 from bench.mirror import Mirror
+from bench.plugins import load_plugins
 from bench.run import RunEnv, resolve_device, run_cell
 from bench.suite import Cell, Suite
 from bench.tracking import EVENT_WARNING, QueueHook
@@ -70,9 +71,15 @@ class ParentWatch(Hooks):
 _events = None  # the worker's end of the event queue, set when the worker process starts
 
 
+def worker_events():
+    """The event queue of this worker process (set by ``_init_worker``)."""
+    return _events
+
+
 def _init_worker(events) -> None:
     global _events
     _events = events
+    load_plugins()
 
 
 def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, list[str]]:
@@ -236,12 +243,17 @@ def _outcome(future: Future, cell: Cell, output: Path) -> tuple[str, str, str | 
         return cell.cell_id, "failed", reason
 
 
-def _drain(events, output: Path, bars: Progress, mirror: Mirror) -> None:
+def queued(events):
+    """The events waiting on the workers' queue, without blocking (a closed queue has none)."""
     while True:
         try:
-            event = events.get_nowait()
+            yield events.get_nowait()
         except (queue_module.Empty, EOFError, OSError, ValueError):
             return
+
+
+def _drain(events, output: Path, bars: Progress, mirror: Mirror) -> None:
+    for event in queued(events):
         kind, cell_id, payload = event
         if kind == "start":
             bars.start(cell_id, payload["total"], payload["step"])

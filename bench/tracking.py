@@ -35,7 +35,8 @@ TAG_REASON = "reason"  # why a failed cell failed
 CELL_TAGS = (TAG_SUITE, TAG_DATASET, TAG_MODEL, TAG_SEED, TAG_CELL_ID, TAG_STATUS)
 PARENT_RUN_TAG = "mlflow.parentRunId"  # how the MLflow UI nests runs
 
-RUN_STATES = {"completed": "FINISHED", "failed": "FAILED", "killed": "KILLED"}  # our final status -> MLflow RunStatus
+# our final status -> MLflow RunStatus (a pruned Optuna trial ended as planned: FINISHED, tagged "pruned")
+RUN_STATES = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 EVENT_START, EVENT_PROGRESS, EVENT_METRICS, EVENT_WARNING = "start", "progress", "metrics", "warning"
 
 # MLflow's limits (mlflow.utils.validation): parameter and tag value lengths, entities per log_batch.
@@ -165,6 +166,13 @@ class Tracker:
         self.suite_run_id = self._create_run(suite_name, all_tags, params)
         return self.suite_run_id
 
+    def start_child(self, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+        """Create a run nested under the suite (or study) run; returns its run id."""
+        all_tags = {**tags, TAG_STATUS: "running"}
+        if self.suite_run_id is not None:
+            all_tags.update({TAG_SUITE: self.suite_name, PARENT_RUN_TAG: self.suite_run_id})
+        return self._create_run(run_name, all_tags, params)
+
     def start_cell(self, cell_id: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
         """Create a cell's run, nested under the suite run when there is one; returns its run id.
 
@@ -174,11 +182,8 @@ class Tracker:
         missing = [k for k in (TAG_DATASET, TAG_MODEL, TAG_SEED) if k not in tags]
         if missing:
             raise ValueError(f"cell tags need {', '.join(missing)}; got {sorted(tags)}")
-        all_tags = {**tags, TAG_CELL_ID: cell_id, TAG_STATUS: "running"}
-        if self.suite_run_id is not None:
-            all_tags.update({TAG_SUITE: self.suite_name, PARENT_RUN_TAG: self.suite_run_id})
         name = f"{tags[TAG_DATASET]}/{tags[TAG_MODEL]}/s{tags[TAG_SEED]}"
-        return self._create_run(name, all_tags, params)
+        return self.start_child(name, {**tags, TAG_CELL_ID: cell_id}, params)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
         """Log the finite numeric ``metrics`` at ``step`` in batches; None, NaN and inf are skipped

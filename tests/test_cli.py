@@ -404,7 +404,7 @@ def test_show_reports_statuses_of_a_run_folder(e2e):
     assert result.code == 0 and result.out.count(" completed ") == 4
 
 
-def test_list_prints_models_datasets_suites_and_metrics(tmp_path):
+def test_list_prints_models_datasets_suites_studies_and_metrics(tmp_path):
     result = run_main(["list"], cwd=tmp_path)
     assert result.code == 0
     sections: dict[str, list[str]] = {}
@@ -413,7 +413,8 @@ def test_list_prints_models_datasets_suites_and_metrics(tmp_path):
             current = sections.setdefault(line[:-1], [])
         else:
             current.append(line.split()[0])
-    assert list(sections) == ["models", "datasets", "suites", "metrics"]
+    assert list(sections) == ["models", "datasets", "suites", "studies", "metrics"]
+    assert sections["studies"] == ["paper", "smoke"]
     assert sections["models"] == MODELS.names() and len(sections["models"]) == 8
     assert sections["datasets"] == dataset_names()
     assert {"mnist", "fashion-mnist", "cifar10", "celeba", "celebamask-hq", "shapes"} <= set(sections["datasets"])

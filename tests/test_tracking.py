@@ -127,7 +127,7 @@ def test_tracker_rejects_bad_input(sqlite_tracker):
     with pytest.raises(ValueError, match="seed"):
         sqlite_tracker.start_cell("c", {"dataset": "shapes", "model": "vqvae"}, {})
     run_id = sqlite_tracker.start_cell("c", cell_tags(2), {})
-    with pytest.raises(ValueError, match="completed, failed"):
+    with pytest.raises(ValueError, match="completed, pruned, failed, killed"):
         sqlite_tracker.finish_cell(run_id, "done", {})
 
 
