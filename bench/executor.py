@@ -1,7 +1,9 @@
 """Where tasks run: the seam under the suite runner (and, later, the tuner and other executors).
 
 ``ProcessExecutor(workers)`` keeps ``workers`` spawned processes, each running one task at a time;
-``submit(fn, *args)`` returns a ``concurrent.futures.Future`` of ``fn(*args)``. Unlike
+``submit(fn, *args)`` returns a ``concurrent.futures.Future`` of ``fn(*args)``, and ``events()``
+yields what the tasks sent back through ``bench.events`` (without blocking). Each worker imports the
+user's plugins (``bench.plugins``) once. Unlike
 ``ProcessPoolExecutor``, a worker that dies (a crash, the OOM killer, a kill) fails only the future
 of the task it was running (``WorkerDied``) and is replaced; the other workers and their tasks go on.
 
@@ -30,10 +32,13 @@ class TaskError(RuntimeError):
     """A task raised; the message holds the worker's traceback."""
 
 
-def _worker_main(conn, initializer, initargs) -> None:
+def _worker_main(conn, events) -> None:
+    from bench import events as channel
+    from bench.plugins import load_plugins
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if initializer is not None:
-        initializer(*initargs)
+    channel.attach(events)
+    load_plugins()
     while True:
         try:
             message = conn.recv()
@@ -50,23 +55,23 @@ def _worker_main(conn, initializer, initargs) -> None:
 
 
 class _Worker:
-    def __init__(self, context, initializer, initargs):
+    def __init__(self, context, events):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, initializer, initargs), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, events), daemon=True)
         self.process.start()
         child.close()
         self.future: Future | None = None
 
 
 class ProcessExecutor:
-    """See the module docstring. ``initializer(*initargs)`` runs once in each worker process."""
+    """See the module docstring."""
 
-    def __init__(self, workers: int, initializer: Callable | None = None, initargs: tuple = ()):
+    def __init__(self, workers: int):
         if workers < 1:
             raise ValueError(f"workers must be >= 1; got {workers}")
         self._context = multiprocessing.get_context("spawn")
-        self._init = (initializer, initargs)
-        self._workers = [_Worker(self._context, *self._init) for _ in range(workers)]
+        self._events = self._context.Queue()
+        self._workers = [_Worker(self._context, self._events) for _ in range(workers)]
         self._pending: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._dispatch, name="sqvae-bench-executor", daemon=True)
@@ -79,6 +84,14 @@ class ProcessExecutor:
         future: Future = Future()
         self._pending.put((future, fn, args))
         return future
+
+    def events(self):
+        """The events the tasks have sent so far (non-blocking; none once shut down)."""
+        while True:
+            try:
+                yield self._events.get_nowait()
+            except (queue.Empty, EOFError, OSError, ValueError):
+                return
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -139,7 +152,7 @@ class ProcessExecutor:
         if self._stop.is_set():
             return
         worker.conn.close()
-        fresh = _Worker(self._context, *self._init)
+        fresh = _Worker(self._context, self._events)
         worker.conn, worker.process = fresh.conn, fresh.process
 
     # -- ending ------------------------------------------------------------------------------
@@ -174,6 +187,10 @@ class ProcessExecutor:
             if worker.future is not None and not worker.future.done():
                 worker.future.set_exception(WorkerDied(f"worker pid {worker.process.pid} stopped by shutdown"))
             worker.conn.close()
+
+    def close(self) -> None:
+        """Release the event queue (after ``shutdown`` and a last read of ``events``)."""
+        self._events.close()
 
     def __enter__(self) -> "ProcessExecutor":
         return self

@@ -17,9 +17,11 @@ import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from bench import checks, store
 from bench.errors import ConfigError
+from bench.executor import ProcessExecutor
 from bench.lock import OutputLock
 from bench.mirror import Mirror, check_tracking_uri, open_tracker
 from bench.run import RunEnv
@@ -42,6 +44,7 @@ class RunOptions:
     tracking_optional: bool = False
     progress: bool = True
     reference: Path | None = None  # a CSV of numbers to show beside ours (bench.tables.load_reference)
+    executor: Callable = ProcessExecutor  # executor(workers): where cells run (bench.executor)
 
 
 @dataclass
@@ -106,7 +109,7 @@ def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
                       "threads": options.env.threads, "deterministic": options.env.deterministic})
         env = RunEnv(**{**options.env.__dict__, "fid_cache": str(options.output / "fid_cache")})
         summary = run_cells(suite, cells, options.output, workers=options.workers, env=env, mirror=mirror,
-                            rerun=options.rerun, progress=options.progress)
+                            rerun=options.rerun, progress=options.progress, executor=options.executor)
         mirrored = mirror.sync()
         mirror.finish("failed" if summary.failed else "completed",
                       {"completed": len(summary.completed), "skipped": len(summary.skipped),

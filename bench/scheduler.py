@@ -17,9 +17,7 @@
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue as queue_module
 import shutil
 import sys
 import time
@@ -27,15 +25,15 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from bench import numerics, store
+from bench import events, numerics, store
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
 from bench.mirror import Mirror
-from bench.plugins import load_plugins
 from bench.run import RunEnv, resolve_device, run_cell
 from bench.suite import Cell, Suite
 from bench.tracking import EVENT_WARNING, QueueHook
@@ -68,20 +66,6 @@ class ParentWatch(Hooks):
 
 
 # -- the worker side ------------------------------------------------------------------------------
-_events = None  # the worker's end of the event queue, set when the worker process starts
-
-
-def worker_events():
-    """The event queue of this worker process (set by ``_init_worker``)."""
-    return _events
-
-
-def _init_worker(events) -> None:
-    global _events
-    _events = events
-    load_plugins()
-
-
 def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, list[str]]:
     """This attempt's numerical record, and what differs from the attempt whose checkpoint it resumes."""
     device = resolve_device(env.device)
@@ -90,6 +74,12 @@ def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, lis
     if not (folder / CHECKPOINT).exists() or not previous.exists():
         return record, []
     return record, numerics.changed(store.read_json(previous), record)
+
+
+def worker_hooks(key: str) -> list[Hooks]:
+    """The hooks of a task in a worker: events to the client under ``key``, and the orphan check."""
+    queue = events.worker_queue()
+    return [ParentWatch()] + ([QueueHook(queue, key)] if queue is not None else [])
 
 
 def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str | None]:
@@ -103,9 +93,10 @@ def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str |
             message = (f"{cell.cell_id} resumes its checkpoint under another numerical path ({'; '.join(changes)}): "
                        "its numbers mix two paths and may differ from an uninterrupted run")
             store.write_status(folder, "running", warnings=[*record.get("warnings", []), message])
-            _events.put((EVENT_WARNING, cell.cell_id, {"message": message}))
+            if events.worker_queue() is not None:
+                events.worker_queue().put((EVENT_WARNING, cell.cell_id, {"message": message}))
         store.write_json(folder / "env.json", env_record)
-        results = run_cell(cell.config, folder, env, hooks=[QueueHook(_events, cell.cell_id), ParentWatch()])
+        results = run_cell(cell.config, folder, env, hooks=worker_hooks(cell.cell_id))
     except BaseException as err:  # noqa: BLE001 - a cell's failure must never stop the suite
         reason = f"{type(err).__name__}: {err}"
         store.write_status(folder, "failed", finished=time.time(), reason=reason, traceback=traceback.format_exc())
@@ -179,8 +170,12 @@ class Progress:
 
 
 def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1, env: RunEnv = RunEnv(),
-              mirror: Mirror | None = None, rerun: bool = False, progress: bool = True) -> SuiteSummary:
-    """Run ``cells`` of ``suite`` into ``output`` (whose lock the caller holds); see the module docstring."""
+              mirror: Mirror | None = None, rerun: bool = False, progress: bool = True,
+              executor: Callable = ProcessExecutor) -> SuiteSummary:
+    """Run ``cells`` of ``suite`` into ``output`` (whose lock the caller holds); see the module docstring.
+
+    ``executor(workers)`` makes where the cells run (``bench.executor``: submit, events, shutdown, close).
+    """
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     mirror = mirror or Mirror(None, suite.name, output)
@@ -189,21 +184,20 @@ def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1
     bars = Progress(len(cells), len(summary.skipped), progress)
     try:
         if pending:
-            _run_pool(pending, output, min(workers, len(pending)), env, bars, mirror, summary)
+            _run_pool(executor, pending, output, min(workers, len(pending)), env, bars, mirror, summary)
     finally:
         bars.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars: Progress, mirror: Mirror,
-              summary: SuiteSummary) -> None:
-    events = multiprocessing.get_context("spawn").Queue()
+def _run_pool(make_executor: Callable, pending: list[Cell], output: Path, workers: int, env: RunEnv,
+              bars: Progress, mirror: Mirror, summary: SuiteSummary) -> None:
     slots = devices_for(workers, env.device)
     todo = list(pending)
     running: dict[Future, tuple[Cell, int]] = {}
     free = list(range(workers))
-    executor = ProcessExecutor(workers, initializer=_init_worker, initargs=(events,))
+    executor = make_executor(workers)
     try:
         while todo or running:
             while todo and free:
@@ -212,7 +206,7 @@ def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars
                 future = executor.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env)
                 running[future] = (cell, slot)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(events, output, bars, mirror)
+            _drain(executor, output, bars, mirror)
             for future in done:
                 cell, slot = running.pop(future)
                 free.append(slot)
@@ -223,13 +217,13 @@ def _run_pool(pending: list[Cell], output: Path, workers: int, env: RunEnv, bars
         for cell, _ in running.values():
             store.write_status(store.cell_dir(output, cell.cell_id), "failed", finished=time.time(), reason=INTERRUPTED)
             summary.failed[cell.cell_id] = INTERRUPTED
-        _drain(events, output, bars, mirror)
+        _drain(executor, output, bars, mirror)
         mirror.kill_open(INTERRUPTED)
         raise
     finally:
         executor.shutdown()
-        _drain(events, output, bars, mirror)
-        events.close()
+        _drain(executor, output, bars, mirror)
+        executor.close()
 
 
 def _outcome(future: Future, cell: Cell, output: Path) -> tuple[str, str, str | None]:
@@ -243,17 +237,8 @@ def _outcome(future: Future, cell: Cell, output: Path) -> tuple[str, str, str | 
         return cell.cell_id, "failed", reason
 
 
-def queued(events):
-    """The events waiting on the workers' queue, without blocking (a closed queue has none)."""
-    while True:
-        try:
-            yield events.get_nowait()
-        except (queue_module.Empty, EOFError, OSError, ValueError):
-            return
-
-
-def _drain(events, output: Path, bars: Progress, mirror: Mirror) -> None:
-    for event in queued(events):
+def _drain(executor, output: Path, bars: Progress, mirror: Mirror) -> None:
+    for event in executor.events():
         kind, cell_id, payload = event
         if kind == "start":
             bars.start(cell_id, payload["total"], payload["step"])

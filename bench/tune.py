@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
-import multiprocessing
 import os
 import socket
 import sys
@@ -36,6 +35,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -47,8 +47,8 @@ from bench.lifecycle import RunOptions, run_suite
 from bench.mirror import Guarded, open_tracker
 from bench.numerics import numerics
 from bench.run import RunConfig, RunEnv, fit_cell
-from bench.scheduler import ParentWatch, Progress, _init_worker, queued, worker_events
-from bench.tracking import EVENT_WARNING, QueueHook, apply_event, flatten_params, resolve_tracking_uri
+from bench.scheduler import Progress, worker_hooks
+from bench.tracking import EVENT_WARNING, apply_event, flatten_params, resolve_tracking_uri
 
 JOURNAL = "optuna.journal"
 ASK_LOCK = ".optuna-ask.lock"
@@ -72,6 +72,7 @@ class TuneOptions:
     tracking_uri: str | None = None
     tracking_optional: bool = False
     progress: bool = True
+    executor: Callable = ProcessExecutor  # executor(workers): where trials and final cells run (bench.executor)
 
 
 @dataclass
@@ -111,14 +112,37 @@ def storage_url(options: TuneOptions) -> str:
 
 
 def open_storage(url: str):
-    """A URL with a scheme is a database (Optuna's RDBStorage); anything else is a journal file."""
+    """A URL with a scheme is a database (Optuna's RDBStorage); anything else is a journal file,
+    written under an ``flock`` (``<file>.lock``): a killed writer releases it at once, where Optuna's
+    default symlink lock would stall the next writer for its grace period."""
     import optuna
 
     if "://" in url:
         return optuna.storages.RDBStorage(url)
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(url))
+    return optuna.storages.JournalStorage(JournalFileBackend(url, lock_obj=_journal_lock(url)))
+
+
+def _journal_lock(url: str) -> "FlockJournalLock":
+    return FlockJournalLock(f"{url}.lock")
+
+
+class FlockJournalLock:
+    """Optuna's journal lock (its backend calls ``acquire`` and ``release``) as an exclusive ``flock``
+    on a file beside the journal."""
+
+    def __init__(self, path: str):
+        self.path, self._fds = path, []
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fds.append(fd)
+        return True
+
+    def release(self) -> None:
+        os.close(self._fds.pop())  # closing the descriptor releases the lock
 
 
 def dashboard_command(url: str) -> str:
@@ -253,8 +277,7 @@ def execute_trial(task: TrialTask) -> dict:
     from bench.study import make_pruner
 
     started = time.perf_counter()
-    events = worker_events()  # None when called in-process (perf)
-    hooks: list[Hooks] = [ParentWatch()] + ([QueueHook(events, task.key)] if events is not None else [])
+    hooks = worker_hooks(task.key)  # no events when called in-process (perf)
     try:
         if task.pruner is not None:
             storage = open_storage(task.storage)
@@ -356,11 +379,10 @@ def _open_pairs(study, pairs, storage) -> list[_Pair]:
 def _search(study, pairs: list[_Pair], storage, url: str, options: TuneOptions, mirror: TrialMirror) -> int:
     """Run trials until every pair's budget is used up; returns the number of trials that failed here."""
     owner = Owner(options.output)
-    events = multiprocessing.get_context("spawn").Queue()
     total = study.trials * len(pairs)
     already = sum(len([t for t in counted(p.ostudy.get_trials(deepcopy=False)) if t.state.is_finished()]) for p in pairs)
     bars = Progress(total, already, options.progress)
-    executor = ProcessExecutor(options.workers, initializer=_init_worker, initargs=(events,))
+    executor = options.executor(options.workers)
     running: dict[Future, tuple[_Pair, object, str]] = {}
     failed, turn = 0, 0
     try:
@@ -384,7 +406,7 @@ def _search(study, pairs: list[_Pair], storage, url: str, options: TuneOptions, 
                     continue
                 break
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(events, bars, mirror)
+            _drain(executor, bars, mirror)
             for future in done:
                 pair, trial, key = running.pop(future)
                 outcome = _outcome(future)
@@ -400,8 +422,8 @@ def _search(study, pairs: list[_Pair], storage, url: str, options: TuneOptions, 
         raise
     finally:
         executor.shutdown()
-        _drain(events, bars, mirror)
-        events.close()
+        _drain(executor, bars, mirror)
+        executor.close()
         bars.close()
         owner.close()
     return failed
@@ -454,8 +476,8 @@ def _tell(ostudy, trial, outcome: dict) -> None:
         ostudy.tell(trial, state=TrialState.PRUNED if outcome["state"] == "pruned" else TrialState.FAIL)
 
 
-def _drain(events, bars: Progress, mirror: TrialMirror) -> None:
-    for event in queued(events):
+def _drain(executor, bars: Progress, mirror: TrialMirror) -> None:
+    for event in executor.events():
         kind, key, payload = event
         if kind == "start":
             bars.start(key, payload["total"], payload["step"])
@@ -617,6 +639,6 @@ def tune(study, options: TuneOptions) -> TuneRun:
         run.final = run_suite(suite, cells, RunOptions(
             output=options.output / FINAL, results=options.results, env=options.env, workers=options.workers,
             tracking=options.tracking, tracking_uri=uri, tracking_optional=options.tracking_optional,
-            progress=options.progress, reference=reference))
+            progress=options.progress, reference=reference, executor=options.executor))
     run.seconds = time.perf_counter() - started
     return run
