@@ -111,6 +111,7 @@ def measure_trial(study_name: str = "smoke", repeats: int = 3, device: str = "au
     from bench.study import load_study, make_sampler, pairs, trial_config
     from bench.tune import TrialTask, execute_trial, open_storage
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(study_name)
     dataset, model = pairs(study)[0]
     config = trial_config(study, dataset, model, {})

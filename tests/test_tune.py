@@ -233,6 +233,20 @@ def test_sigkill_mid_study_then_resume_keeps_finished_trials_and_reruns_the_inte
     assert len(finished(trials)) == 3  # the budget still holds
 
 
+def test_a_diverging_trial_fails_with_its_reason_counts_and_exits_1(tmp_path):
+    # sigma^2_x = 1e-300 underflows to 0 in float32: the loss is inf from the first step
+    study = write_study(tmp_path / "nan.yaml", name="nan", models={"vqvae-ema": {"options": {"recon": "fixed"}}},
+                        search_space={"all": {"recon_variance": {"type": "categorical", "choices": [1.0e-300]}}},
+                        budget={"trials": 2, "epochs": 1}, pruner={"name": "none"})
+    result = run_main(tune_args(study, tmp_path, "--no-tracking"), cwd=tmp_path)
+    assert result.code == 1, result.err
+    trials = trials_of(tmp_path, "nan/shapes/vqvae-ema")
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)  # failed trials count
+    assert all(t.user_attrs["reason"].startswith("RunFailed: non-finite") for t in trials)
+    assert "2 fail" in result.out and "no completed trial" in result.out
+    assert result.err.count("failed: RunFailed") == 2 and not (tmp_path / "runs" / "final").exists()
+
+
 def test_dry_run_prints_the_spaces_and_creates_nothing(tmp_path):
     study = write_study(tmp_path / "tiny.yaml")
     result = run_main(tune_args(study, tmp_path, "--dry-run"), cwd=tmp_path)
