@@ -40,7 +40,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from bench import checks, store
-from bench.errors import ConfigError
+from bench.errors import BenchError, ConfigError
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
 from bench.lifecycle import RunOptions, run_suite
@@ -396,8 +396,11 @@ def _search(study, pairs: list[_Pair], storage, url: str, options: TuneOptions, 
                 if trial is None:
                     pair.done = True
                     continue
-                running[_submit(executor, study, pair, trial, url, options, mirror)] = (
-                    pair, trial, f"{pair.dataset}/{pair.model}/t{trial.number}")
+                future = _submit(executor, study, pair, trial, url, options, mirror)
+                if future is None:
+                    failed += 1
+                    continue
+                running[future] = (pair, trial, f"{pair.dataset}/{pair.model}/t{trial.number}")
             if not running:
                 if _others_running(pairs):  # trials of other processes: wait for them (or their death)
                     for pair in pairs:
@@ -441,16 +444,22 @@ def _others_running(pairs: list[_Pair]) -> bool:
     return any(p.ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)) for p in pairs)
 
 
-def _submit(executor, study, pair: _Pair, trial, url: str, options: TuneOptions, mirror: TrialMirror) -> Future:
+def _submit(executor, study, pair: _Pair, trial, url: str, options: TuneOptions, mirror: TrialMirror) -> Future | None:
+    """Start ``trial`` on the executor; None (the trial told FAIL with the reason) if its config is invalid."""
     from bench.study import trial_config
 
     key = f"{pair.dataset}/{pair.model}/t{trial.number}"
-    config = trial_config(study, pair.dataset, pair.model, trial.params)
+    try:
+        config = trial_config(study, pair.dataset, pair.model, trial.params)
+    except BenchError as err:  # a sampled value the model rejects: that trial fails, the study goes on
+        _tell(pair.ostudy, trial, {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+        tqdm.write(f"sqvae-bench: trial {key} failed: {err}", file=sys.stderr)
+        return None
     mirror.start_trial(key, pair.dataset, pair.model, trial.number, trial.params, config)
     prune = len(study.objective) == 1 and study.pruner.get("name", "none") != "none"
     task = TrialTask(key, url, pair.ostudy.study_name, trial.number, config, options.env, study.objective,
                      study.pruner if prune else None, study)
-    return executor.submit(execute_trial, task)
+    return executor.submit(execute_trial, task, key=key)
 
 
 def _outcome(future: Future) -> dict:
