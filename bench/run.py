@@ -13,6 +13,7 @@ test split; ``run_cell`` is the two in a row, with the same numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from bench import metrics
 from bench.batches import to_model_input
 from bench.data import Splits, dataset_spec, load_dataset
 from bench.errors import ConfigError
+from bench.evaluate import lpips_scoring
 from bench.models import build_model, resolve_model_options
 from bench.hooks import Hooks
 from bench.numerics import numerics
@@ -72,6 +74,7 @@ class RunEnv:
     download: bool = False
     fid_cache: str | None = None
     fid_weights: str | None = None
+    lpips_weights: str | None = None  # AlexNet weights for LPIPS (else $SQVAE_BENCH_LPIPS_WEIGHTS, torch hub)
     threads: int = 1
     deterministic: bool = True
 
@@ -181,7 +184,9 @@ def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: Run
     data = test.to(device)
     check_split(fit.model, data)
     want_fid = config.fid and spec.kind == "image"
-    evaluation, stochastic = fit.trainer.test(data, keep_recon=want_fid, miou_absent=config.miou_absent)
+    scoring = lpips_scoring(env.lpips_weights) if spec.kind == "image" else contextlib.nullcontext()
+    with scoring:  # LPIPS on the test split only
+        evaluation, stochastic = fit.trainer.test(data, keep_recon=want_fid, miou_absent=config.miou_absent)
     results = dict(evaluation.metrics)
     if want_fid:
         key = f"{config.dataset}-test-{spec.size}px-" + "-".join(f"{k}={v}" for k, v in sorted(config.data_options.items()))

@@ -191,8 +191,8 @@ def test_invalid_absent_names_choices():
 
 
 def test_registered_metrics_and_directions():
-    lower = {"loss", "sse", "mse", "fid"}
-    higher = {"perplexity_batch", "perplexity", "usage", "miou", "pixel_acc", "acc"}
+    lower = {"loss", "sse", "mse", "fid", "lpips"}
+    higher = {"perplexity_batch", "perplexity", "usage", "miou", "pixel_acc", "acc", "psnr", "ssim"}
     assert set(METRICS.names()) == lower | higher
     for name in METRICS:
         assert METRICS.get(name).higher_is_better == (name in higher)
