@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sqvae.networks import DOWNSAMPLING, build_networks
+from sqvae.networks import build_networks, downsampling
 from sqvae.quantizer import batch_perplexity, check_mode
 
 
@@ -35,23 +35,26 @@ class Autoencoder(nn.Module):
         in_channels, size: the input's channels (for labels: number of classes) and H == W.
         quantizer: an SQ-VAE or VQ-VAE quantizer (see sqvae.quantizer, baselines.vq).
         likelihood: GaussianImageLikelihood or VmfLabelLikelihood.
-        num_rb: residual blocks (SPEC §2).
+        network_options: the family's options (sqvae.networks.network_option_defaults): ``num_rb``
+            (residual blocks, SPEC §2) for the official families; width, depth, num_down, stride for
+            ``minimal``.
+    Raises ValueError naming a bad setting.
     """
 
-    def __init__(self, network: str, in_channels: int, size: int, quantizer: nn.Module, likelihood: nn.Module, num_rb: int):
+    def __init__(self, network: str, in_channels: int, size: int, quantizer: nn.Module, likelihood: nn.Module,
+                 network_options: dict):
         super().__init__()
-        factor = DOWNSAMPLING.get(network)
-        if factor is None:
-            raise ValueError(f"network must be one of {', '.join(DOWNSAMPLING)}; got {network!r}")
+        factor = downsampling(network, **network_options)  # checks the network and its options
         if size < factor or size % factor:
             raise ValueError(f"{network} needs an image size that is a positive multiple of {factor}; got {size}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1; got {in_channels}")
         self.network, self.in_channels, self.size = network, in_channels, size
+        self.downsampling = factor
         self.kind = likelihood.kind
         net_in = likelihood.output_channels(in_channels)
         self.encoder, self.decoder = build_networks(
-            network, net_in, net_in, quantizer.dim_dict, num_rb, quantizer.needs_variance_head
+            network, net_in, net_in, quantizer.dim_dict, quantizer.needs_variance_head, self.kind, **network_options
         )
         self.quantizer, self.likelihood = quantizer, likelihood
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from sqvae.quantizer import StochasticQuantizer, flatten_positions
+from sqvae.quantizer import StochasticQuantizer, flatten_positions, squared_distances
 
 GAUSSIAN_TYPES = (1, 2, 3, 4)
 
@@ -51,8 +51,7 @@ class GaussianQuantizer(StochasticQuantizer):
         prec = flatten_positions(precision)  # (N, 1) for I-III, (N, d) for IV
         codes = self.codebook
         if self.variant != 4:
-            sq_dist = (z_flat**2).sum(1, keepdim=True) + (codes**2).sum(1) - 2.0 * z_flat @ codes.t()
-            return -0.5 * prec * sq_dist
+            return -0.5 * prec * squared_distances(z_flat, codes)
         # sum_d prec (z - b)^2 = sum_d prec z^2 - 2 (prec z) b^T + prec (b^2)^T: no (N, d, K) tensor.
         weighted = (prec * z_flat**2).sum(1, keepdim=True) - 2.0 * (prec * z_flat) @ codes.t() + prec @ (codes**2).t()
         return -0.5 * weighted

@@ -1,17 +1,39 @@
 """Encoders and decoders of SPEC.md §2, shared by every model.
 
-Four families, chosen by the data: ``net_28`` (MNIST-sized), ``net_32`` (CIFAR10-sized), ``net_64``
-(CelebA-sized) and ``label`` (one-hot label maps, the vMF experiment). Each encoder ends in a mean
-head ``res_m`` and, when the quantizer asks for one (Gaussian types II to IV), a log-variance head
-``res_v`` on the same trunk output. ``weights_init`` is the official initialisation.
+Four official families, chosen by the data: ``net_28`` (MNIST-sized), ``net_32`` (CIFAR10-sized),
+``net_64`` (CelebA-sized) and ``label`` (one-hot label maps, the vMF experiment), with one option,
+``num_rb``. Each encoder ends in a mean head ``res_m`` and, when the quantizer asks for one (Gaussian
+types II to IV), a log-variance head ``res_v`` on the same trunk output. ``weights_init`` is the
+official initialisation. A fifth family, ``minimal`` (sqvae.minimal_net), is Minimal-SQVAE's plain
+stack with options width, depth, num_down and stride; every model can use any family.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-NETWORKS = ("net_28", "net_32", "net_64", "label")
+from sqvae.minimal_net import MINIMAL_DEFAULTS, build_minimal_networks, minimal_downsampling
+
+OFFICIAL_NETWORKS = ("net_28", "net_32", "net_64", "label")
+NETWORKS = (*OFFICIAL_NETWORKS, "minimal")
 DOWNSAMPLING = {"net_28": 4, "net_32": 4, "net_64": 4, "label": 8}
+
+
+def check_network(network: str) -> str:
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}; got {network!r}")
+    return network
+
+
+def network_option_defaults(network: str, num_rb: int) -> dict:
+    """The options of family ``network`` with their defaults (``num_rb``: the dataset's paper value)."""
+    check_network(network)
+    return dict(MINIMAL_DEFAULTS) if network == "minimal" else {"num_rb": num_rb}
+
+
+def downsampling(network: str, **options) -> int:
+    """How many times smaller the latent grid is than the input, per side."""
+    return minimal_downsampling(**options) if check_network(network) == "minimal" else DOWNSAMPLING[network]
 
 
 class ResBlock(nn.Module):
@@ -92,11 +114,20 @@ class Encoder(nn.Module):
 
 
 def build_networks(
-    network: str, in_channels: int, out_channels: int, dim: int, num_rb: int, variance_head: bool
-) -> tuple[Encoder, nn.Sequential]:
-    """Build the (encoder, decoder) pair of one family, initialised as the official code does."""
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {', '.join(NETWORKS)}; got {network!r}")
+    network: str, in_channels: int, out_channels: int, dim: int, variance_head: bool, kind: str = "image", **options
+) -> tuple[nn.Module, nn.Sequential]:
+    """Build the (encoder, decoder) pair of one family with its options (see network_option_defaults).
+
+    Official families are initialised as the official code does; ``minimal`` as its reference does
+    (PyTorch defaults) and ends in a Sigmoid, or a Softplus when ``kind`` is "labels".
+    Raises ValueError naming a bad setting."""
+    if check_network(network) == "minimal":
+        return build_minimal_networks(in_channels, out_channels, dim, variance_head, kind, **options)
+    return _build_official(network, in_channels, out_channels, dim, variance_head, **options)
+
+
+def _build_official(network: str, in_channels: int, out_channels: int, dim: int, variance_head: bool,
+                    num_rb: int) -> tuple[Encoder, nn.Sequential]:
     if num_rb < 1:
         raise ValueError(f"num_rb must be >= 1; got {num_rb}")
     if dim < 2:  # the first hidden width is dim // 2, which must not be 0

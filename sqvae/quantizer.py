@@ -53,6 +53,11 @@ def unflatten_positions(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flat.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 
+def squared_distances(z_flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(N, d), (K, d) -> (N, K) squared Euclidean distances, as ||z||^2 + ||b||^2 - 2 z b^T (the official form)."""
+    return (z_flat**2).sum(1, keepdim=True) + (codes**2).sum(1) - 2.0 * z_flat @ codes.t()
+
+
 def gumbel_softmax_soft(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """softmax((logits + G) / tau), G = -log(-log(U + 1e-10) + 1e-10), U ~ U(0, 1): soft weights, no hard sample."""
     u = torch.rand_like(logits)

@@ -43,9 +43,17 @@ def make_input(spec: DataSpec, batch: int = BATCH, seed: int = 0) -> torch.Tenso
 SMALL = {"size_dict": 16, "dim_dict": 16}
 
 
+def fitting(name: str, spec: DataSpec, options: dict) -> dict:
+    """``options``, with two down-samplings instead of four where a model's minimal network (factor 16)
+    does not divide the test image size (28 px)."""
+    if resolve_model_options(name, spec, options)["network"] == "minimal" and spec.size % 16 and "num_down" not in options:
+        return {**options, "num_down": 2}
+    return options
+
+
 def build(name: str, spec: DataSpec, seed: int = 0, **options) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(name, spec, {**SMALL, **options})
+    return build_model(name, spec, fitting(name, spec, {**SMALL, **options}))
 
 
 def is_sq(model) -> bool:
@@ -53,7 +61,7 @@ def is_sq(model) -> bool:
 
 
 def latent_side(model) -> int:
-    return model.size // {"label": 8}.get(model.network, 4)
+    return model.size // model.downsampling
 
 
 def assert_scalar_terms(terms: dict, expected: set) -> None:
@@ -97,20 +105,33 @@ def test_forward_shapes_and_finite_terms(name, spec, train):
 # gradients
 
 
+def first_weight(module: nn.Module) -> nn.Parameter:
+    return next(p for n, p in module.named_parameters() if n.endswith("weight"))
+
+
+def heads(encoder) -> tuple[nn.Module, nn.Module | None]:
+    """(mean head, variance head or None): res_m/res_v of the official networks, head_m/head_v of minimal."""
+    if hasattr(encoder, "res_m"):
+        return encoder.res_m, encoder.res_v
+    return encoder.head_m, encoder.head_v
+
+
 def key_parameters(model) -> dict[str, nn.Parameter]:
     """The trained parts a user relies on, by role."""
+    mean_head, var_head = heads(model.encoder)
     params = {
         "encoder (first conv)": model.encoder.trunk[0].weight,
-        "encoder (mean head)": model.encoder.res_m.block[1].weight,
+        "encoder (mean head)": first_weight(mean_head),
         "decoder (last conv)": model.decoder[-2].weight,
     }
     q = model.quantizer
     if isinstance(q.codebook, nn.Parameter):
         params["codebook"] = q.codebook
-    if hasattr(q, "log_param_q_scalar"):
-        params["log_param_q_scalar"] = q.log_param_q_scalar
+    for name in ("log_param_q_scalar", "var_logit"):
+        if hasattr(q, name):
+            params[name] = getattr(q, name)
     if isinstance(q, GaussianQuantizer) and q.variant != 1:
-        params["variance head res_v"] = model.encoder.res_v.block[1].weight
+        params["variance head"] = first_weight(var_head)
     if isinstance(getattr(model.likelihood, "logvar_x", None), nn.Parameter):
         params["logvar_x"] = model.likelihood.logvar_x
     if hasattr(model.likelihood, "log_kappa_inv"):
@@ -129,7 +150,7 @@ def test_gradients_reach_every_trained_part(name, spec, options):
     q = model.quantizer
     # the parts that must exist for this model
     if isinstance(q, GaussianQuantizer):
-        assert (model.encoder.res_v is not None) == (q.variant != 1)
+        assert (heads(model.encoder)[1] is not None) == (q.variant != 1)
     if options.get("recon") == "learned":
         assert isinstance(model.likelihood.logvar_x, nn.Parameter)
     elif spec.kind == "image":
@@ -358,13 +379,18 @@ def test_paper_defaults_per_dataset():
         (IMAGE32, {"size_dict": 0}, "size_dict"),
         (IMAGE32, {"dim_dict": 0}, "dim_dict"),
         (IMAGE32, {"dim_dict": -4}, "dim_dict"),
-        (IMAGE32, {"dim_dict": 1}, "dim_dict"),
-        (IMAGE32, {"num_rb": 0}, "num_rb"),
+        (IMAGE32, {"dim_dict": 1, "network": "net_32"}, "dim_dict"),
+        (IMAGE32, {"num_rb": 0, "network": "net_32"}, "num_rb"),
         (IMAGE32, {"network": "net_99"}, "network"),
-        (DataSpec("shapes", "image", 3, 30), {}, "multiple of 4"),
-        (DataSpec("shapes", "image", 3, 0), {}, "multiple of 4"),
+        (DataSpec("shapes", "image", 3, 30), {"network": "net_32"}, "multiple of 4"),
+        (DataSpec("shapes", "image", 3, 0), {"network": "net_32"}, "multiple of 4"),
         (DataSpec("shapes", "image", 0, 32), {}, "in_channels"),
-        (DataSpec("shapes-labels", "labels", 4, 36, 4), {}, "multiple of 8"),
+        (DataSpec("shapes-labels", "labels", 4, 36, 4), {"network": "label"}, "multiple of 8"),
+        (DataSpec("shapes", "image", 3, 24), {"network": "minimal"}, "multiple of 16"),
+        (IMAGE32, {"network": "minimal", "width": 0}, "width"),
+        (IMAGE32, {"network": "minimal", "depth": -1}, "depth"),
+        (IMAGE32, {"network": "minimal", "num_down": 0}, "num_down"),
+        (IMAGE32, {"network": "minimal", "stride": 3}, "stride"),
         (DataSpec("shapes-labels", "labels", 1, 32, 1), {}, "num_classes"),
         (IMAGE32, {"recon": "l1"}, "recon"),
         (IMAGE32, {"recon_variance": 0.0}, "recon_variance"),
@@ -422,3 +448,7 @@ def test_unknown_option_is_a_config_error():
         build_model("vqvae", IMAGE32, {"log_param_q_init": 0.0})  # an SQ-VAE option
     with pytest.raises(ConfigError, match="recon"):
         resolve_model_options("sqvae-vmf", LABELS, {"recon": "arelbo"})  # image-only option
+    with pytest.raises(ConfigError, match="'width'"):
+        resolve_model_options("vqvae", IMAGE32, {"width": 8})  # an option of the minimal network only
+    with pytest.raises(ConfigError, match="'num_rb'"):
+        resolve_model_options("sqvae-minimal", IMAGE32, {"num_rb": 2})  # an official network's option

@@ -356,7 +356,8 @@ def test_smoke_suite_loads_by_name(no_data):
     assert suite.name == "smoke" and suite.source.name == "smoke.yaml"
     assert len(cells) == 20 and len(set(c.cell_id for c in cells)) == 20
     models = {d: {c.model for c in cells if c.dataset == d} for d in ("shapes", "shapes-labels")}
-    assert models["shapes"] == set(MODELS.names())
+    # sqvae-minimal is compared on its own network, in the minimal-sqvae suites
+    assert models["shapes"] == set(MODELS.names()) - {"sqvae-minimal"}
     assert models["shapes-labels"] == {"sqvae-vmf", "vqvae"}
     assert all(name in METRICS for name in suite.metrics)
     labels = next(c for c in cells if c.dataset == "shapes-labels")
