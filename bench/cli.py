@@ -36,7 +36,7 @@ def cmd_run(args) -> int:
     options = RunOptions(output=output, results=Path(args.results or DEFAULT_RESULTS / suite.name), env=env,
                          workers=args.workers, rerun=args.rerun, tracking=not args.no_tracking,
                          tracking_uri=args.tracking_uri, tracking_optional=args.tracking_optional,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, reference=suite.reference)
     if args.dry_run:
         check_inputs(cells, options)
         _print_grid(suite, cells, output)
@@ -185,19 +185,19 @@ def cmd_table(args) -> int:
     from bench.checks import check_results_dir
     from bench.tables import write_tables
 
-    output, name, cell_ids, suite_metrics = _table_source(args)
+    output, name, cell_ids, suite_metrics, suite_reference = _table_source(args)
     results = Path(args.results or DEFAULT_RESULTS / name)
     check_results_dir(results)
     metrics = args.metrics.split(",") if args.metrics else suite_metrics
-    written = write_tables(output, results, baseline=args.baseline, metrics=metrics, reference=args.reference,
-                           cell_ids=cell_ids)
+    written = write_tables(output, results, baseline=args.baseline, metrics=metrics,
+                           reference=args.reference or suite_reference, cell_ids=cell_ids)
     print(written["markdown"])
     print(f"\nWritten to {results}/")
     return 0
 
 
-def _table_source(args) -> tuple[Path, str, list[str] | None, list[str] | None]:
-    """(run folder, name for the results folder, cell ids, suite metrics) of `table`'s target.
+def _table_source(args) -> tuple[Path, str, list[str] | None, list[str] | None, Path | None]:
+    """(run folder, name for the results folder, cell ids, suite metrics, suite reference file) of `table`'s target.
 
     The target is a run folder (holding cells/) or a suite; any other folder is an error.
     """
@@ -208,12 +208,12 @@ def _table_source(args) -> tuple[Path, str, list[str] | None, list[str] | None]:
         if not (target / "cells").is_dir():
             raise ConfigError(f"{target} holds no run (no {target / 'cells'}/ folder): give a run folder "
                               "(the --output of `run`) or a suite")
-        return target, target.name, None, None
+        return target, target.name, None, None, None
     suite = load_suite(args.target)
     output = Path(args.output or DEFAULT_RUNS / suite.name)
     if not (output / "cells").is_dir():
         raise ConfigError(f"no results in {output} (expected {output / 'cells'}/); run the suite first")
-    return output, suite.name, [cell.cell_id for cell in expand(suite)], list(suite.metrics) or None
+    return output, suite.name, [cell.cell_id for cell in expand(suite)], list(suite.metrics) or None, suite.reference
 
 
 def cmd_list(args) -> int:
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--results", help="where to write (default results/<suite>)")
     table.add_argument("--baseline", help="model for the paired test (default vqvae when present)")
     table.add_argument("--metrics", help="comma-separated metric names")
-    table.add_argument("--reference", help="CSV of published numbers: dataset,model,metric,value[,source]")
+    table.add_argument("--reference", help="CSV of published numbers: dataset,model,metric,value[,source] "
+                       "(default: the suite's `reference:` file)")
     table.set_defaults(func=cmd_table)
 
     tune = sub.add_parser("tune", help="run an Optuna study: equal-budget search on validation, then the final stage")

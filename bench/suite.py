@@ -21,6 +21,8 @@ A suite file (see suites/*.yaml and the README):
     metrics: [mse, perplexity]        # table columns (bench.metrics names)
     fid: false                        # FID of test reconstructions (needs Inception weights)
     miou_absent: zero                 # mIoU convention for absent classes: zero | ignore
+    reference: vqwae2023_table1       # published numbers shown beside ours (a CSV path relative to
+                                      # this file, or a name under results/reference/)
 
 Model options resolve as: dataset paper settings < model defaults < dataset.model_options <
 models.<m>.options < models.<m>.datasets.<d>; train settings as: train < datasets.<d>.train <
@@ -46,7 +48,7 @@ from bench.run import MIOU_ABSENT, RunConfig
 from bench.train import TrainConfig
 
 SUITE_KEYS = ("name", "description", "include", "datasets", "models", "seeds", "train", "exclude", "metrics",
-              "fid", "miou_absent")
+              "fid", "miou_absent", "reference")
 DATASET_KEYS = ("options", "model_options", "train")
 MODEL_KEYS = ("options", "datasets")
 EXCLUDE_KEYS = ("dataset", "model", "seed")
@@ -78,6 +80,7 @@ class Suite:
     metrics: tuple[str, ...]
     fid: bool
     miou_absent: str
+    reference: Path | None = None  # a validated reference CSV (bench.tables.load_reference)
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -144,6 +147,8 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = (), keys: tuple[str, ...] = 
     raw = parse_yaml(path)
     expect(raw, dict, path, "(top level)", "a mapping")
     check_keys(raw, keys, path, "")
+    if raw.get("reference") is not None:  # relative to the file that names it, so an included suite's stays right
+        raw = {**raw, "reference": _resolve_reference(raw["reference"], path)}
     if "include" not in raw:
         return raw
     included = expect(raw["include"], str, path, "include", "a file path")
@@ -154,6 +159,30 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = (), keys: tuple[str, ...] = 
         raise fail(path, "include", f"{included} not found (looked for {base_path})")
     base = read_yaml(base_path, chain + (path,))
     return merge(normalise_named(base), normalise_named({k: v for k, v in raw.items() if k != "include"}))
+
+
+def _resolve_reference(value, path: Path) -> str:
+    """The absolute path of the reference file named by ``path``'s ``reference`` key. Raises ConfigError."""
+    from bench.tables import resolve_reference  # pandas and matplotlib: only for suites that name one
+
+    expect(value, str, path, "reference", "a reference CSV path or the name of a file in results/reference/")
+    try:
+        return str(resolve_reference(value, path.parent))
+    except ConfigError as err:
+        raise fail(path, "reference", str(err)) from None
+
+
+def _load_reference(raw: dict, source: Path) -> Path | None:
+    """The suite's reference file, checked to be a valid reference CSV now, before anything runs."""
+    if raw.get("reference") is None:
+        return None
+    from bench.tables import load_reference
+
+    try:
+        load_reference(raw["reference"])
+    except ConfigError as err:
+        raise fail(source, "reference", str(err)) from None
+    return Path(raw["reference"])
 
 
 def parse_yaml(path: Path):
@@ -267,6 +296,7 @@ def validate_suite(raw: dict, source: Path) -> Suite:
         metrics=tuple(metric_names),
         fid=expect(raw.get("fid", False), bool, source, "fid", "true or false"),
         miou_absent=miou_absent,
+        reference=_load_reference(raw, source),
     )
     cells = expand(suite)
     if not cells:

@@ -13,20 +13,21 @@ The pipeline is a chain of pure functions over the records of ``bench.store.load
 Layout (as the tables of Takida et al. 2022): rows are models, in the order they first appear in
 the frame (``order_records``: the suite's grid order, or the model registry's); columns are dataset x metric under a two-level header (dataset, then the metric's label
 with its direction, ↓ lower / ↑ higher is better). A cell reads ``mean ± std (n)`` over seeds
-(``mean (n)`` for one seed) with per-metric digits: ``DECIMALS`` where listed, otherwise
-``SIGNIFICANT`` significant digits of the mean, the std in the mean's decimals. The best mean of a
-column is bold, in the direction registered in ``bench.metrics.METRICS``; means that read the same
-are all bold. ``–`` marks a model without a value in that column. The metrics shown default to
-the ``TABLE_METRICS`` present; a dataset shows only those some of its cells reported (no mse
-column for a label dataset).
+(``mean (n)`` for one seed) with the decimals registered for the metric (``MetricInfo.decimals``),
+otherwise ``SIGNIFICANT`` significant digits of the mean, the std in the mean's decimals. The best
+mean of a column is bold, in the direction registered in ``bench.metrics.METRICS``; means that read
+the same are all bold. ``–`` marks a model without a value in that column. The metrics shown default
+to the registered table metrics present (``bench.metrics.table_metrics``, in registration order); a
+dataset shows only those some of its cells reported (no mse column for a label dataset).
 
 Significance: ``†`` marks a model whose mean differs from the baseline model's at p < 0.05 in a
 paired t-test (``scipy.stats.ttest_rel``) over matching seeds, i.e. the seeds of the same dataset
 that have a value under both models. Fewer than two pairs, and the baseline's own row, give no
 p-value (NaN); identical values give NaN, a constant non-zero difference p = 0.
 
-Reference numbers (``load_reference``): a CSV file with the header ``dataset,model,metric,value``
-and an optional ``source`` column, one published number per line, e.g.
+Reference numbers (``load_reference``; ``resolve_reference`` finds a suite's ``reference:`` file,
+by path or by name under ``results/reference/``): a CSV file with the header
+``dataset,model,metric,value`` and an optional ``source`` column, one published number per line, e.g.
 
     dataset,model,metric,value,source
     cifar10,vqvae,mse,0.00525,Takida et al. 2022 Table 3
@@ -57,19 +58,18 @@ from scipy import stats
 
 from bench.atomic import atomic_write
 from bench.errors import BenchError, ConfigError
-from bench.metrics import METRICS
+from bench.metrics import METRICS, table_metrics
 from bench.registry import unknown_name_message
 from bench.store import CELLS, CellRecord, load_cells
 
 INFO_COLUMNS = ["suite", "dataset", "model", "seed", "cell_id"]
 KEYS = ["dataset", "model", "metric"]
-TABLE_METRICS = ("mse", "sse", "perplexity_batch", "perplexity", "usage", "fid", "miou", "pixel_acc", "acc")
-DECIMALS = {"perplexity_batch": 1, "perplexity": 1, "usage": 3, "fid": 2, "miou": 4, "pixel_acc": 4, "acc": 4}
-SIGNIFICANT = 4  # significant digits of the metrics not in DECIMALS (mse, sse, loss, ...)
+SIGNIFICANT = 4  # significant digits of the metrics registered without decimals (mse, sse, loss, ...)
 ALPHA = 0.05
 DEFAULT_BASELINE = "vqvae"
 REFERENCE_COLUMNS = ("dataset", "model", "metric", "value")
 REFERENCE_EXPECTED = "dataset,model,metric,value[,source]"
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "results" / "reference"  # shipped published numbers
 CSV_COLUMNS = [*KEYS, "mean", "std", "n", "baseline", "p_value", "ref_value", "ref_source", "delta"]
 
 
@@ -198,7 +198,7 @@ def paired_test(frame: pd.DataFrame, baseline: str, metric: str) -> pd.Series:
 # ---- summary: statistics + p-values + reference -----------------------------------------------
 
 def _default_metrics(frame: pd.DataFrame) -> list[str]:
-    return [name for name in TABLE_METRICS if name in frame and frame[name].notna().any()]
+    return [name for name in table_metrics() if name in frame and frame[name].notna().any()]
 
 
 def _drop_empty_columns(summary: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +231,7 @@ def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, base
 
     Args:
         frame: from ``cells_frame``.
-        metrics: registered metric names (default: the ``TABLE_METRICS`` present). A dataset
+        metrics: registered metric names (default: the registered table metrics present). A dataset
             shows only the metrics some of its cells reported (no mse column for label maps).
         baseline: the model the others are tested against (``paired_test``); None: no test.
         reference: from ``load_reference``.
@@ -292,6 +292,26 @@ def _check_reference_unique(path: Path, rows: list[dict], lines: list[int]) -> N
         seen[key] = line
 
 
+def shipped_references() -> list[str]:
+    """The names of the reference files shipped in ``results/reference/`` (without .csv)."""
+    return sorted(p.stem for p in REFERENCE_DIR.glob("*.csv"))
+
+
+def resolve_reference(name_or_path: str, base: Path) -> Path:
+    """The reference file a suite names: a path relative to the folder ``base`` (or absolute), else
+    a file or name (with or without .csv) under ``results/reference/``.
+
+    Raises:
+        ConfigError: none of these is a file; the message lists what was looked for and the shipped names.
+    """
+    candidates = [base / name_or_path, REFERENCE_DIR / name_or_path, REFERENCE_DIR / f"{name_or_path}.csv"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"reference file {name_or_path!r} not found (looked for {', '.join(map(str, candidates))}); "
+                      f"shipped: {', '.join(shipped_references()) or 'none'}")
+
+
 def load_reference(path: str | Path) -> pd.DataFrame:
     """Read published numbers to compare with (format: module docstring).
 
@@ -321,9 +341,10 @@ def load_reference(path: str | Path) -> pd.DataFrame:
 # ---- cells: numbers -> text -------------------------------------------------------------------
 
 def _decimals(metric: str, value: float) -> int:
-    """Decimals to print ``value`` with: fixed per metric, else ``SIGNIFICANT`` significant digits."""
-    if metric in DECIMALS:
-        return DECIMALS[metric]
+    """Decimals to print ``value`` with: the metric's registered decimals, else ``SIGNIFICANT`` significant digits."""
+    decimals = METRICS.get(metric).decimals
+    if decimals is not None:
+        return decimals
     if not math.isfinite(value) or value == 0:
         return SIGNIFICANT - 1
     return max(0, SIGNIFICANT - 1 - math.floor(math.log10(abs(value))))
