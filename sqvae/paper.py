@@ -13,6 +13,8 @@ DATASET_SETTINGS: dict[str, dict] = {
     "mnist": {"size_dict": 128, "dim_dict": 64, "num_rb": 2, "log_param_q_init": math.log(10.0)},
     "fashion-mnist": {"size_dict": 256, "dim_dict": 64, "num_rb": 2, "log_param_q_init": math.log(10.0)},
     "cifar10": {"size_dict": 512, "dim_dict": 64, "num_rb": 2, "log_param_q_init": math.log(20.0)},
+    # not in the paper: SVHN is 32x32 RGB like CIFAR10, so it takes CIFAR10's settings (K 512, d 64)
+    "svhn": {"size_dict": 512, "dim_dict": 64, "num_rb": 2, "log_param_q_init": math.log(20.0)},
     "celeba": {"size_dict": 512, "dim_dict": 64, "num_rb": 6, "log_param_q_init": math.log(20.0)},
     "celebamask-hq": {"size_dict": 64, "dim_dict": 65, "num_rb": 2, "log_param_q_init": math.log(20.0)},
 }

@@ -28,7 +28,7 @@ def assert_names_path(error: pytest.ExceptionInfo, *paths) -> None:
 
 
 def test_builtin_names_are_registered():
-    expected = {"mnist", "fashion-mnist", "cifar10", "celeba", "celebamask-hq", "shapes", "shapes-labels"}
+    expected = {"mnist", "fashion-mnist", "cifar10", "svhn", "celeba", "celebamask-hq", "shapes", "shapes-labels"}
     assert set(dataset_names()) == expected
 
 
@@ -41,7 +41,7 @@ def test_unknown_option_names_it_and_the_valid_ones():
     with pytest.raises(ConfigError, match=r"'sise'.*did you mean 'size'.*valid options: size, n_train, n_val, n_test"):
         load_dataset("shapes", sise=28)
     with pytest.raises(ConfigError, match="valid options: none"):
-        load_dataset("mnist", size=28)
+        load_dataset("cifar10", size=28)
 
 
 def test_dataset_options_come_from_the_loader_signature():

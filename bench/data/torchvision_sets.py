@@ -1,7 +1,13 @@
 """MNIST, Fashion-MNIST and CIFAR10 in torchvision's on-disk layout, split as SPEC.md §3 says.
 
 The validation split is the tail of the official train set, cut with no shuffle; the test split is
-the official test set. Pixels stay uint8 (N, C, H, W). Loaded with ``with_test=False``, the test
+the official test set. Pixels stay uint8 (N, C, H, W).
+
+MNIST and Fashion-MNIST take an option ``size``: 28 (the files' own size, default) or 32, which
+resizes every image as the Minimal-SQVAE reference does (yukara-ikemiya/minimal-sqvae,
+train_sqvae.py: ``ToTensor()`` then ``Resize(32, antialias=True)``): bilinear interpolation (not
+padding) of the [0, 1] floats, antialiased, stored back as uint8 (rounded; the reference keeps the
+floats, a difference below half a grey level). Loaded with ``with_test=False``, the test
 files (t10k-*, test_batch) are neither required nor opened.
 
 We read the files ourselves and use torchvision only to download them: the idx files of MNIST and
@@ -28,7 +34,7 @@ import torch
 
 from bench.data.registry import data_error
 from bench.data.spec import DataSpec, Splits
-from bench.errors import DataError
+from bench.errors import ConfigError, DataError
 
 # First index of the validation split in the official train set (SPEC.md §3). Module-level so that
 # tests can move the cut for tiny files; the values here are exact to the official code.
@@ -57,15 +63,48 @@ def _datasets():
     return datasets
 
 
-def load_mnist(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
-    """MNIST as (N, 1, 28, 28) uint8: train 50,000 / val 10,000 / test 10,000 (None without
-    ``with_test``: the t10k files are then not needed). ``seed`` is unused."""
-    return _load_idx_set("mnist", root, download, with_test)
+IDX_SIZES = (28, 32)  # the ``size`` option of MNIST and Fashion-MNIST
 
 
-def load_fashion_mnist(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
-    """Fashion-MNIST, split like MNIST. ``seed`` is unused."""
-    return _load_idx_set("fashion-mnist", root, download, with_test)
+def load_mnist(root: Path, download: bool, seed: int, *, size: int = 28, with_test: bool = True) -> Splits:
+    """MNIST as (N, 1, size, size) uint8: train 50,000 / val 10,000 / test 10,000 (None without
+    ``with_test``: the t10k files are then not needed). ``size`` 32 resizes (module docstring).
+    ``seed`` is unused. Raises: ConfigError for another size; DataError for missing or bad files."""
+    return _load_idx_set("mnist", root, download, with_test, size)
+
+
+def load_fashion_mnist(root: Path, download: bool, seed: int, *, size: int = 28, with_test: bool = True) -> Splits:
+    """Fashion-MNIST, split and sized like MNIST. ``seed`` is unused."""
+    return _load_idx_set("fashion-mnist", root, download, with_test, size)
+
+
+def mnist_spec(size: int = 28) -> DataSpec:
+    """The DataSpec of MNIST at ``size`` px. Raises ConfigError for a size other than 28 or 32."""
+    return DataSpec("mnist", "image", 1, check_idx_size(size))
+
+
+def fashion_mnist_spec(size: int = 28) -> DataSpec:
+    """The DataSpec of Fashion-MNIST at ``size`` px. Raises ConfigError for a size other than 28 or 32."""
+    return DataSpec("fashion-mnist", "image", 1, check_idx_size(size))
+
+
+def check_idx_size(size) -> int:
+    """``size`` if it is 28 or 32. Raises ConfigError otherwise."""
+    if isinstance(size, bool) or size not in IDX_SIZES:
+        raise ConfigError(f"option size must be one of {', '.join(map(str, IDX_SIZES))}; got {size!r}")
+    return size
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size): bilinear, antialiased, on [0, 1] floats, rounded
+    (Minimal-SQVAE's ``ToTensor()`` then ``Resize(size, antialias=True)``); unchanged at its own size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    resized = resize(images.float() / 255, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return (resized * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def load_cifar10(root: Path, download: bool, seed: int, *, with_test: bool = True) -> Splits:
@@ -77,13 +116,17 @@ def load_cifar10(root: Path, download: bool, seed: int, *, with_test: bool = Tru
     return _split_official_train(DataSpec("cifar10", "image", 3, 32), train, test, folder)
 
 
-def check_mnist(root: Path, download: bool) -> None:
-    """Raise DataError unless the four MNIST idx files are there, whole, and big enough to split."""
+def check_mnist(root: Path, download: bool, size: int = 28) -> None:
+    """Raise DataError unless the four MNIST idx files are there, whole, and big enough to split
+    (ConfigError for a bad ``size``)."""
+    check_idx_size(size)
     _check_idx_set("mnist", root, download)
 
 
-def check_fashion_mnist(root: Path, download: bool) -> None:
-    """Raise DataError unless the four Fashion-MNIST idx files are there, whole, and big enough to split."""
+def check_fashion_mnist(root: Path, download: bool, size: int = 28) -> None:
+    """Raise DataError unless the four Fashion-MNIST idx files are there, whole, and big enough to split
+    (ConfigError for a bad ``size``)."""
+    check_idx_size(size)
     _check_idx_set("fashion-mnist", root, download)
 
 
@@ -118,11 +161,12 @@ def _cifar_folder(root: Path, download: bool, with_test: bool = True) -> Path:
     return folder
 
 
-def _load_idx_set(name: str, root: Path, download: bool, with_test: bool) -> Splits:
+def _load_idx_set(name: str, root: Path, download: bool, with_test: bool, size: int = 28) -> Splits:
+    spec = DataSpec(name, "image", 1, check_idx_size(size))
     raw = _idx_folder(name, root, download, with_test)
-    train = read_idx_images(name, raw / IDX_TRAIN_FILES[0])
-    test = read_idx_images(name, raw / IDX_TEST_FILES[0]) if with_test else None
-    return _split_official_train(DataSpec(name, "image", 1, 28), train, test, raw)
+    train = resize_images(read_idx_images(name, raw / IDX_TRAIN_FILES[0]), size)
+    test = resize_images(read_idx_images(name, raw / IDX_TEST_FILES[0]), size) if with_test else None
+    return _split_official_train(spec, train, test, raw)
 
 
 def _check_idx_set(name: str, root: Path, download: bool) -> None:
