@@ -178,7 +178,7 @@ def test_celeba_decodes_no_test_image_without_the_test_split(tmp_path, monkeypat
 
 
 def test_with_test_is_not_a_dataset_option():
-    assert "with_test" not in dataset_options("shapes") and dataset_options("mnist") == {}
+    assert "with_test" not in dataset_options("shapes") and dataset_options("mnist") == {"size": 28}
     with pytest.raises(ConfigError, match="no option 'with_test'"):
         dataset_spec("shapes", with_test=False)
 
