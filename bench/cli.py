@@ -310,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the suite's `reference:` file)")
     table.set_defaults(func=cmd_table)
 
+    if args.compile:
+        from bench.perf import measure_compile
+
+        comp = measure_compile(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps,
+                               repeats=args.repeats, device=args.device, precision=args.precision)
+        print(f"{comp.model} on {comp.dataset}, batch {comp.batch_size}, {comp.device}, bare train step:")
+        print(f"  eager:         {comp.eager_step_s * 1e3:9.1f} ms")
+        print(f"  compiled:      {comp.compiled_step_s * 1e3:9.1f} ms  ({comp.speedup:.2f}x eager's speed)")
+        print(f"  cold compile:  {comp.compile_s:9.1f} s")
+        return 0
     tune = sub.add_parser("tune", help="run an Optuna study: equal-budget search on validation, then the final stage")
     tune.add_argument("study", help="study file, or the name of a shipped study (see `list studies`)")
     tune.add_argument("--workers", type=int, default=1, help="trials (and final cells) at a time")
@@ -366,3 +376,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    perf.add_argument("--compile", action="store_true",
+                      help="time the bare train step eager vs torch.compile'd, and the cold compile")

@@ -6,6 +6,9 @@ Both loops train the same model on the same data at the same batch size:
 - bare step: forward, backward and optimiser step on batches prepared beforehand.
 Each is timed over ``steps`` steps after a warm-up, ``repeats`` times alternately; the median counts.
 A ratio near 1 means the harness adds next to nothing to the model's own cost.
+
+``measure_compile`` times the bare step of the eager model against the same model after
+``nn.Module.compile`` (train setting ``compile``), and the cold compile (the first compiled step).
 """
 from __future__ import annotations
 
@@ -51,8 +54,9 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50, repeats: int = 3,
-            device: str = "auto", data_options: dict | None = None, precision: str = "auto") -> PerfResult:
+def _setup(model_name: str, dataset: str, batch_size: int, steps: int, device: str, data_options: dict | None,
+           precision: str) -> tuple[torch.device, Trainer, list[torch.Tensor]]:
+    """(device, a Trainer of the model in train mode, the first ``steps`` batches of epoch 1)."""
     dev = resolve_device(device)
     splits = load_dataset(dataset, **(data_options or {})).to(dev)
     if splits.train.shape[0] < steps * batch_size:
@@ -63,15 +67,25 @@ def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50
     trainer = Trainer(model, splits, cfg, seed=0)
     model.train()
     batches = [x for _, x in itertools.islice(train_batches(splits.train, batch_size, seed=0, epoch=1), steps)]
-    amp = trainer.precision == "bf16"
+    return dev, trainer, batches
+
+
+def _bare_steps(trainer: Trainer, batches: list[torch.Tensor], dev: torch.device) -> None:
+    """Forward, backward and optimiser step on each prepared batch."""
+    for x in batches:
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
+            out = trainer.model(x, mode="train", check_values=False)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        trainer.optimizer.step()
+
+
+def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50, repeats: int = 3,
+            device: str = "auto", data_options: dict | None = None, precision: str = "auto") -> PerfResult:
+    dev, trainer, batches = _setup(model_name, dataset, batch_size, steps, device, data_options, precision)
 
     def bare() -> None:
-        for x in batches:
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x, mode="train", check_values=False)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            trainer.optimizer.step()
+        _bare_steps(trainer, batches, dev)
 
     def full() -> None:
         trainer.state.batch = 0  # stay inside epoch 1, whose order has at least ``steps`` batches
@@ -85,6 +99,35 @@ def measure(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50
     images = steps * batch_size
     return PerfResult(model_name, dataset, batch_size, str(dev), images / statistics.median(trainer_times),
                       images / statistics.median(bare_times))
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    model: str
+    dataset: str
+    batch_size: int
+    device: str
+    eager_step_s: float  # median bare step, eager
+    compiled_step_s: float  # median bare step after nn.Module.compile
+    compile_s: float  # the first compiled step: the cold compile
+
+    @property
+    def speedup(self) -> float:
+        return self.eager_step_s / self.compiled_step_s
+
+
+def measure_compile(model_name: str, dataset: str, batch_size: int = 32, steps: int = 50, repeats: int = 3,
+                    device: str = "auto", data_options: dict | None = None, precision: str = "auto") -> CompileResult:
+    """Bare train step eager vs compiled (median over ``repeats`` runs of ``steps`` steps after a warm-up)."""
+    dev, trainer, batches = _setup(model_name, dataset, batch_size, steps, device, data_options, precision)
+    _bare_steps(trainer, batches[:2], dev)  # warm-up
+    eager = [_timed(lambda: _bare_steps(trainer, batches, dev), dev) for _ in range(repeats)]
+    trainer.model.compile()
+    cold = _timed(lambda: _bare_steps(trainer, batches[:1], dev), dev)
+    _bare_steps(trainer, batches[:2], dev)  # warm-up
+    compiled = [_timed(lambda: _bare_steps(trainer, batches, dev), dev) for _ in range(repeats)]
+    return CompileResult(model_name, dataset, batch_size, str(dev), statistics.median(eager) / steps,
+                         statistics.median(compiled) / steps, cold)
 
 
 @dataclass(frozen=True)

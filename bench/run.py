@@ -121,7 +121,8 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
 
     ``fit_cell`` then ``test_cell`` under one ``numerics`` setting. Returns {"test": deterministic
     test metrics, "test_stochastic": {...} or {}, "best_epoch", "best_val_loss", "steps",
-    "history": per-epoch records, "seconds"}.
+    "history": per-epoch records, "seconds"}, and "compile_seconds" (the cold compile's wall time,
+    summed over resumed processes) with ``train.compile``.
     """
     with numerics(env.threads, env.deterministic):
         return _test_cell(_fit_cell(config, workdir, env, hooks), config, workdir, env)
@@ -194,6 +195,7 @@ def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: Run
                                              weights_path=env.fid_weights, device=device)
     if workdir is not None:
         save_pictures(fit.model, data, evaluation.histogram, state.history, Path(workdir) / "images")
+    compiled = {"compile_seconds": state.compile_seconds} if config.train.compile else {}
     return {
         "test": results,
         "test_stochastic": stochastic,
@@ -202,6 +204,7 @@ def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: Run
         "steps": state.step,
         "history": state.history,
         "seconds": fit.seconds + time.perf_counter() - started,
+        **compiled,
     }
 
 

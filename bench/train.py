@@ -42,6 +42,9 @@ class TrainConfig:
     precision: "auto" is bf16 autocast on CUDA and float32 elsewhere.
     official_vmf_validation: validate with BatchNorm in train mode, as the official vMF trainer does
     (SPEC §6.8; it changes BN statistics and so model selection). Off: validation in eval mode.
+    compile: ``torch.compile`` the model's forward (``nn.Module.compile``: state_dict keys unchanged);
+    it changes the random stream (Inductor's own RNG) and float rounding, hence part of the cell id.
+    The cold compile happens at the first training step; its wall time is reported as compile_seconds.
     """
 
     epochs: int = 100
@@ -57,6 +60,7 @@ class TrainConfig:
     eval_stochastic: bool = False
     precision: str = "auto"
     official_vmf_validation: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         for key, minimum in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("log_every", 1),
@@ -72,7 +76,7 @@ class TrainConfig:
                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"train.betas must be two numbers in [0, 1); got {self.betas!r}")
         object.__setattr__(self, "betas", tuple(self.betas))  # a YAML list and a tuple are one config
-        for key in ("eval_stochastic", "official_vmf_validation"):
+        for key in ("eval_stochastic", "official_vmf_validation", "compile"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"train.{key} must be true or false; got {getattr(self, key)!r}")
         if not self.lr > 0:
@@ -91,6 +95,7 @@ class TrainState:
     best_val: float = math.inf
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    compile_seconds: float = 0.0  # wall time of the first compiled training step of each process, summed
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -169,6 +174,9 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self._epoch = RunningMean()  # training terms since the epoch began
         self._window = RunningMean()  # ... since the last logging interval
+        self._cold = cfg.compile  # the next training step compiles
+        if cfg.compile:
+            model.compile()
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -203,6 +211,12 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def _train_step(self, x: torch.Tensor) -> None:
+        if self._cold:
+            self._cold = False
+            started = time.perf_counter()
+            self._train_step(x)
+            self.state.compile_seconds += time.perf_counter() - started
+            return
         self.state.step += 1
         self.model.set_step(self.state.step)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

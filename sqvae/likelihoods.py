@@ -64,6 +64,15 @@ class GaussianImageLikelihood(nn.Module):
         return {} if self.recon == "arelbo" else {"sigma2_x": self.logvar_x.detach().exp()}
 
 
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W) argmax over the channels, taken with the channels moved last.
+
+    The same indices as ``x.argmax(dim=1)`` (ties: the first channel, in both), but a contiguous
+    last-dim argmax is several times faster on the CPU than one over the strided dim 1, even with the copy
+    (the official code also moves the class channels last)."""
+    return x.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
+
+
 class VmfLabelLikelihood(nn.Module):
     """Reconstruction term for label maps (SPEC §1.4). Labels y: (B, H, W) long in 0..C-1."""
 
@@ -96,11 +105,11 @@ class VmfLabelLikelihood(nn.Module):
             cos = u.gather(1, y.long().unsqueeze(1)).squeeze(1)  # (B, H, W): u_d[y_d]
             log_norm = vmf_log_normaliser(kappa, self.padded_classes)
             recon = -kappa * cos.sum(dim=(1, 2)).mean() - self.num_pixels * log_norm
-            pred = u.argmax(dim=1)
+            pred = channel_argmax(u.detach())
         return pred, recon, {"acc": (pred == y).float().mean()}
 
     def decode_output(self, out: torch.Tensor) -> torch.Tensor:
-        return out.argmax(dim=1)
+        return channel_argmax(out)
 
     def scalars(self) -> dict[str, torch.Tensor]:
         return {"kappa_x": self.kappa().detach()}

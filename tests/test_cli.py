@@ -415,10 +415,10 @@ def test_list_prints_models_datasets_suites_studies_and_metrics(tmp_path):
             current.append(line.split()[0])
     assert list(sections) == ["models", "datasets", "suites", "studies", "metrics"]
     assert sections["studies"] == ["paper", "smoke"]
-    assert sections["models"] == MODELS.names() and len(sections["models"]) == 8
+    assert sections["models"] == MODELS.names() and len(sections["models"]) == 9
     assert sections["datasets"] == dataset_names()
     assert {"mnist", "fashion-mnist", "cifar10", "celeba", "celebamask-hq", "shapes"} <= set(sections["datasets"])
-    assert sections["suites"] == ["paper", "smoke"]
+    assert sections["suites"] == ["minimal-sqvae", "minimal-sqvae-shapes", "paper", "smoke"]
     assert sections["metrics"] == METRICS.names()
     models = run_main(["list", "models"], cwd=tmp_path).out
     assert models.splitlines()[0] == "models:" and "Gaussian SQ-VAE type I " in models and "datasets:" not in models
