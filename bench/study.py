@@ -97,7 +97,7 @@ BUDGET_RULE = ("a study gives every model the same budget: trials and epochs (or
                "`budget`, the batch size once under `train` or `datasets.<d>.train`")
 # Validation metrics of bench/evaluate.py per dataset kind that a registered metric names.
 VALIDATION_METRICS = {
-    "image": ("mse", "sse", "perplexity", "perplexity_batch", "usage"),
+    "image": ("mse", "sse", "psnr", "ssim", "perplexity", "perplexity_batch", "usage"),
     "labels": ("miou", "pixel_acc", "acc", "perplexity", "perplexity_batch", "usage"),
 }
 NOT_OBJECTIVES = {
