@@ -5,6 +5,8 @@ Exit codes: 0 success, 1 some cells failed, 2 usage, config or data error.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,24 +26,67 @@ def _suite_parts(args):
     return suite, cells
 
 
+def _check_executor_args(args, command: str) -> None:
+    """Raise ConfigError for a bad combination of --executor, --scheduler, --dask-workers, --cells-per-gpu."""
+    for name, value in (("--dask-workers", args.dask_workers), ("--cells-per-gpu", args.cells_per_gpu)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1; got {value}")
+    if args.executor != "dask":
+        for name, value in (("--scheduler", args.scheduler), ("--dask-workers", args.dask_workers)):
+            if value is not None:
+                raise ConfigError(f"{name} needs --executor dask")
+        if command == "tune" and args.cells_per_gpu is not None:
+            raise ConfigError("--cells-per-gpu with `tune` needs --executor dask (local trials run on the default GPU)")
+        return
+    if (args.scheduler is None) == (args.dask_workers is None):
+        raise ConfigError("--executor dask needs either --scheduler ADDRESS (a running Dask cluster) or "
+                          "--dask-workers N (a local cluster started for this run), not both")
+    from bench.dask_executor import require_dask
+
+    require_dask()
+
+
+@contextlib.contextmanager
+def _dask_cluster(args, folders: list[tuple[str, Path]]):
+    """None for the local pool; else the Dask cluster of this invocation (closed after it), once every
+    worker is seen to share ``folders`` ((option, folder) pairs)."""
+    if args.executor != "dask":
+        yield None
+        return
+    from bench.dask_executor import DaskCluster
+
+    with DaskCluster(args.scheduler, args.dask_workers, args.device, args.cells_per_gpu) as cluster:
+        for option, folder in folders:
+            cluster.check_shared(folder, option)
+        print(cluster.describe(), flush=True)
+        yield cluster
+
+
 def cmd_run(args) -> int:
     from bench.lifecycle import RunOptions, check_inputs, run_suite
     from bench.run import RunEnv
     from bench.tracking import ui_command
 
+    _check_executor_args(args, "run")
     suite, cells = _suite_parts(args)
     output = Path(args.output or DEFAULT_RUNS / suite.name)
     env = RunEnv(device=args.device, data_root=args.data_root, download=args.download, fid_weights=args.fid_weights,
                  threads=args.threads, deterministic=args.deterministic)
     options = RunOptions(output=output, results=Path(args.results or DEFAULT_RESULTS / suite.name), env=env,
-                         workers=args.workers, rerun=args.rerun, tracking=not args.no_tracking,
-                         tracking_uri=args.tracking_uri, tracking_optional=args.tracking_optional,
-                         progress=not args.no_progress, reference=suite.reference)
+                         workers=1 if args.workers is None else args.workers, rerun=args.rerun,
+                         tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+                         tracking_optional=args.tracking_optional, progress=not args.no_progress,
+                         cells_per_gpu=args.cells_per_gpu, reference=suite.reference)
+    if args.dry_run or args.executor == "dask":
+        check_inputs(cells, options)  # bad input stops before a cluster starts
     if args.dry_run:
-        check_inputs(cells, options)
         _print_grid(suite, cells, output)
         return 0
-    done = run_suite(suite, cells, options)
+    with _dask_cluster(args, [("--output", output)]) as cluster:
+        if cluster is not None:  # every cell submitted: Dask queues them and places them by resources
+            options = dataclasses.replace(options, executor=cluster,
+                                          workers=len(cells) if args.workers is None else args.workers)
+        done = run_suite(suite, cells, options)
     summary = done.summary
     print(f"\n{suite.name}: {len(summary.completed)} completed, {len(summary.skipped)} already done, "
           f"{len(summary.failed)} failed in {summary.seconds:.0f} s")
@@ -104,6 +149,7 @@ def cmd_tune(args) -> int:
     from bench.tracking import ui_command
     from bench.tune import TuneOptions, check_inputs, dashboard_command, storage_url, tune
 
+    _check_executor_args(args, "tune")
     study = load_study(args.study)
     wanted = _only_pairs(args.only)
     pairs = None if wanted is None else tuple(
@@ -112,18 +158,27 @@ def cmd_tune(args) -> int:
                  threads=args.threads, deterministic=args.deterministic)
     options = TuneOptions(output=Path(args.output or DEFAULT_RUNS / f"study-{study.name}"),
                           results=Path(args.results or DEFAULT_RESULTS / f"study-{study.name}"), env=env,
-                          workers=args.workers, storage=args.storage, pairs=pairs, search=not args.final_only,
+                          workers=1 if args.workers is None else args.workers, storage=args.storage, pairs=pairs,
+                          search=not args.final_only,
                           final=not args.search_only, untuned=Path(args.untuned) if args.untuned else None,
                           tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
                           tracking_optional=args.tracking_optional, progress=not args.no_progress)
     if args.final_only and args.search_only:
         raise ConfigError("--final-only and --search-only exclude each other")
+    if args.dry_run or args.executor == "dask":
+        check_inputs(study, options)  # bad input stops before a cluster starts
     if args.dry_run:
-        check_inputs(study, options)
         print(describe(study))
         print(f"storage: {storage_url(options)}\noutput: {options.output}\nresults: {options.results}")
         return 0
-    done = tune(study, options)
+    folders = [("--output", options.output)]
+    if args.storage and "://" not in args.storage and Path(args.storage).parent != options.output:
+        folders.append(("--storage", Path(args.storage).parent))  # a journal file the workers must see too
+    with _dask_cluster(args, folders) as cluster:
+        if cluster is not None:  # as many trials at once as the cluster runs, so each is asked with the latest results
+            options = dataclasses.replace(options, executor=cluster,
+                                          workers=cluster.slots() if args.workers is None else args.workers)
+        done = tune(study, options)
     print(f"\n{study.name}: search of {len(done.pairs)} (dataset, model) pairs, {study.trials} trials each "
           f"({', '.join(study.objective)}), {done.seconds:.0f} s in all")
     for pair in done.pairs:
@@ -243,6 +298,9 @@ def cmd_perf(args) -> int:
     from bench.perf import measure
 
     check_device(args.device)
+    if args.executor_overhead:
+        _executor_overhead(args)
+        return 0
     if args.trial:
         from bench.perf import measure_trial
 
@@ -252,6 +310,16 @@ def cmd_perf(args) -> int:
         print(f"  as an Optuna trial (fit, pruning):     {cost.trial_s:7.2f} s")
         print(f"  ratio trial / cell:                    {cost.ratio:7.3f}")
         return 0
+    if args.compile:
+        from bench.perf import measure_compile
+
+        comp = measure_compile(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps,
+                               repeats=args.repeats, device=args.device, precision=args.precision)
+        print(f"{comp.model} on {comp.dataset}, batch {comp.batch_size}, {comp.device}, bare train step:")
+        print(f"  eager:         {comp.eager_step_s * 1e3:9.1f} ms")
+        print(f"  compiled:      {comp.compiled_step_s * 1e3:9.1f} ms  ({comp.speedup:.2f}x eager's speed)")
+        print(f"  cold compile:  {comp.compile_s:9.1f} s")
+        return 0
     result = measure(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
                      device=args.device, precision=args.precision)
     print(f"{result.model} on {result.dataset}, batch {result.batch_size}, {result.device}:")
@@ -259,6 +327,22 @@ def cmd_perf(args) -> int:
     print(f"  bare step:    {result.bare_images_per_s:9.1f} images/s")
     print(f"  ratio:        {result.ratio:9.3f}")
     return 0
+
+
+def _executor_overhead(args) -> None:
+    from bench.dask_executor import require_dask
+    from bench.overhead import measure_executor_overhead
+
+    require_dask()
+    cost = measure_executor_overhead(workers=2, repeats=args.repeats, device=args.device)
+    rows = [(f"local pool (--workers {cost.workers}):", f"{cost.local_s:7.2f} s"),
+            (f"Dask LocalCluster (--dask-workers {cost.workers}):",
+             f"{cost.dask_s:7.2f} s (its start included: {cost.cluster_start_s:.2f} s)"),
+            ("ratio dask / local:", f"{cost.ratio:7.3f}")]
+    print(f"{cost.cells} tiny cells on {cost.workers} workers, makespan (median of {args.repeats}):")
+    for label, value in rows:
+        print(f"  {label:40s}{value}")
+    print(f"  same numbers: {'yes' if cost.same_numbers else 'NO'}")
 
 
 def _execution_args(parser: argparse.ArgumentParser) -> None:
@@ -276,6 +360,17 @@ def _execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
     parser.add_argument("--fid-weights", help="Inception weights file for FID (default $SQVAE_BENCH_INCEPTION_WEIGHTS or torch hub cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--executor", choices=["local", "dask"], default="local",
+                        help="local: worker processes on this machine (default); dask: tasks on a Dask cluster "
+                        "(--scheduler or --dask-workers; see README, Running on a cluster)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="with --executor dask: a running Dask scheduler "
+                        "(tcp://host:8786); outputs must be on a filesystem every worker sees")
+    parser.add_argument("--dask-workers", type=int, metavar="N",
+                        help="with --executor dask: start a local Dask cluster of N one-thread worker processes "
+                        "for this run (closed after it)")
+    parser.add_argument("--cells-per-gpu", type=int, metavar="K",
+                        help="K cells share one GPU (these models leave a GPU mostly idle); local pool: at most "
+                        "GPUs x K at once; Dask: each task asks for 1/K of a worker's GPU resource (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a suite (skips completed cells, resumes interrupted ones)")
     run.add_argument("suite", help="suite file, or the name of a shipped suite (see `list suites`)")
-    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (GPUs round-robin)")
+    run.add_argument("--workers", type=int, help="cells at a time (default 1; with --executor dask, every cell "
+                     "is submitted and the cluster decides)")
     run.add_argument("--output", help="run folder (default runs/<suite>)")
     run.add_argument("--results", help="table folder (default results/<suite>)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved grid and exit")
@@ -310,19 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the suite's `reference:` file)")
     table.set_defaults(func=cmd_table)
 
-    if args.compile:
-        from bench.perf import measure_compile
-
-        comp = measure_compile(args.model, args.dataset, batch_size=args.batch_size, steps=args.steps,
-                               repeats=args.repeats, device=args.device, precision=args.precision)
-        print(f"{comp.model} on {comp.dataset}, batch {comp.batch_size}, {comp.device}, bare train step:")
-        print(f"  eager:         {comp.eager_step_s * 1e3:9.1f} ms")
-        print(f"  compiled:      {comp.compiled_step_s * 1e3:9.1f} ms  ({comp.speedup:.2f}x eager's speed)")
-        print(f"  cold compile:  {comp.compile_s:9.1f} s")
-        return 0
     tune = sub.add_parser("tune", help="run an Optuna study: equal-budget search on validation, then the final stage")
     tune.add_argument("study", help="study file, or the name of a shipped study (see `list studies`)")
-    tune.add_argument("--workers", type=int, default=1, help="trials (and final cells) at a time")
+    tune.add_argument("--workers", type=int, help="trials (and final cells) at a time (default 1; with "
+                      "--executor dask, the cluster's task slots)")
     tune.add_argument("--output", help="run folder (default runs/study-<study>): storage, trials, final cells")
     tune.add_argument("--results", help="table folder (default results/study-<study>): table, tuned.yaml, plots")
     tune.add_argument("--storage", help="Optuna storage: a journal file path, or a database URL (default: a journal "
@@ -351,9 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=3)
     perf.add_argument("--device", default="auto")
     perf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    perf.add_argument("--compile", action="store_true",
+                      help="time the bare train step eager vs torch.compile'd, and the cold compile")
     perf.add_argument("--trial", action="store_true",
                       help="instead: wall time of a study's configuration as an Optuna trial against a suite cell")
     perf.add_argument("--study", default="smoke", help="with --trial: the study whose first configuration is timed")
+    perf.add_argument("--executor-overhead", action="store_true",
+                      help="instead: makespan of 8 tiny cells on a 2-worker Dask LocalCluster against the local pool")
     perf.set_defaults(func=cmd_perf)
     return parser
 
@@ -376,5 +467,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    perf.add_argument("--compile", action="store_true",
-                      help="time the bare train step eager vs torch.compile'd, and the cold compile")

@@ -8,11 +8,13 @@ user's plugins (``bench.plugins``) once. Unlike
 of the task it was running (``WorkerDied``) and is replaced; the other workers and their tasks go on.
 
 Workers ignore SIGINT: Ctrl-C reaches the client process, which decides what to stop
-(``shutdown(kill=True)``).
+(``shutdown(kill=True)``). A worker whose client died (a SIGKILL) exits at its task's next training
+step (``ParentWatch``, attached as the task's watch through ``bench.events``).
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -20,6 +22,8 @@ import traceback
 from concurrent.futures import Future
 from multiprocessing.connection import wait
 from typing import Callable
+
+from bench.hooks import Hooks
 
 _POLL_S = 0.1
 
@@ -32,12 +36,23 @@ class TaskError(RuntimeError):
     """A task raised; the message holds the worker's traceback."""
 
 
+class ParentWatch(Hooks):
+    """Ends an orphaned worker (its client was killed) instead of letting it finish a cell."""
+
+    def __init__(self):
+        self.parent = os.getppid()
+
+    def on_step(self, step: int) -> None:
+        if os.getppid() != self.parent:
+            os._exit(3)
+
+
 def _worker_main(conn, events) -> None:
     from bench import events as channel
     from bench.plugins import load_plugins
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel.attach(events)
+    channel.attach(events, watch=ParentWatch)
     load_plugins()
     while True:
         try:
@@ -77,8 +92,9 @@ class ProcessExecutor:
         self._thread = threading.Thread(target=self._dispatch, name="sqvae-bench-executor", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable, *args) -> Future:
-        """Run ``fn(*args)`` on the next free worker (``fn`` and ``args`` must pickle)."""
+    def submit(self, fn: Callable, *args, key: str | None = None) -> Future:
+        """Run ``fn(*args)`` on the next free worker (``fn`` and ``args`` must pickle). ``key`` names
+        the task for executors that show names (Dask); here it is unused."""
         if self._stop.is_set():
             raise RuntimeError("the executor is shut down")
         future: Future = Future()

@@ -44,7 +44,8 @@ class RunOptions:
     tracking_optional: bool = False
     progress: bool = True
     reference: Path | None = None  # a CSV of numbers to show beside ours (bench.tables.load_reference)
-    executor: Callable = ProcessExecutor  # executor(workers): where cells run (bench.executor)
+    executor: Callable = ProcessExecutor  # executor(workers): where cells run (bench.executor, bench.dask_executor)
+    cells_per_gpu: int | None = None  # K cells share a GPU (local pool: bench.scheduler.devices_for); None: no limit
 
 
 @dataclass
@@ -65,7 +66,8 @@ def tracking_uri(options: RunOptions) -> str | None:
 
 def check_inputs(cells: list[Cell], options: RunOptions) -> None:
     """Everything that can be checked before anything is created; raises BenchError."""
-    for name, value in (("--workers", options.workers), ("--threads", options.env.threads)):
+    for name, value in (("--workers", options.workers), ("--threads", options.env.threads),
+                        ("--cells-per-gpu", 1 if options.cells_per_gpu is None else options.cells_per_gpu)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1; got {value}")
     checks.check_device(options.env.device)
@@ -109,7 +111,8 @@ def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
                       "threads": options.env.threads, "deterministic": options.env.deterministic})
         env = RunEnv(**{**options.env.__dict__, "fid_cache": str(options.output / "fid_cache")})
         summary = run_cells(suite, cells, options.output, workers=options.workers, env=env, mirror=mirror,
-                            rerun=options.rerun, progress=options.progress, executor=options.executor)
+                            rerun=options.rerun, progress=options.progress, executor=options.executor,
+                            cells_per_gpu=options.cells_per_gpu)
         mirrored = mirror.sync()
         mirror.finish("failed" if summary.failed else "completed",
                       {"completed": len(summary.completed), "skipped": len(summary.skipped),

@@ -1,12 +1,15 @@
 """Run a suite's cells on local worker processes, resumably, with MLflow written by one process.
 
 - Each cell runs in a worker process (``bench.executor.ProcessExecutor``, spawned), on a GPU assigned
-  round-robin or on the CPU, with a fixed intra-op thread count (``RunEnv.threads``), so the number
-  of workers never changes a result.
+  round-robin (at most ``cells_per_gpu`` cells per GPU when given) or on the CPU, with a fixed
+  intra-op thread count (``RunEnv.threads``), so the number of workers never changes a result. An
+  executor that places tasks itself (``places_devices``: ``bench.dask_executor``, through worker
+  resources) gets the device as given.
 - Isolation: an exception, a non-finite loss or an out-of-memory error marks that cell failed with
   its reason and traceback; the others go on. A worker process that dies outright (a crash, a kill)
   fails only the cell it was running; a fresh worker takes its place, and a later invocation
-  resumes that cell from its checkpoint.
+  resumes that cell from its checkpoint. An attempt records the step it started from in status.json
+  (``resumed_from_step``, 0 from scratch).
 - Resume: completed cells are skipped; an interrupted cell resumes from its last checkpoint;
   ``rerun=True`` moves completed folders to <output>/replaced/ first, so nothing is overwritten.
   A cell resumed under another numerical path (threads, device, precision, library versions; see
@@ -54,17 +57,6 @@ class SuiteSummary:
         return 1 if self.failed else 0
 
 
-class ParentWatch(Hooks):
-    """Ends an orphaned worker (its scheduler was killed) instead of letting it finish a cell."""
-
-    def __init__(self):
-        self.parent = os.getppid()
-
-    def on_step(self, step: int) -> None:
-        if os.getppid() != self.parent:
-            os._exit(3)
-
-
 # -- the worker side ------------------------------------------------------------------------------
 def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, list[str]]:
     """This attempt's numerical record, and what differs from the attempt whose checkpoint it resumes."""
@@ -77,9 +69,20 @@ def numerics_check(folder: Path, env: RunEnv, precision: str) -> tuple[dict, lis
 
 
 def worker_hooks(key: str) -> list[Hooks]:
-    """The hooks of a task in a worker: events to the client under ``key``, and the orphan check."""
+    """The hooks of a task in a worker: the executor's watch (stops a task its client abandoned) and
+    events to the client under ``key``."""
     queue = events.worker_queue()
-    return [ParentWatch()] + ([QueueHook(queue, key)] if queue is not None else [])
+    return events.watch_hooks() + ([QueueHook(queue, key)] if queue is not None else [])
+
+
+class ResumeRecord(Hooks):
+    """Writes the step an attempt starts from into the cell's status.json (``resumed_from_step``)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_start(self, total_steps: int, start_step: int) -> None:
+        store.write_status(self.folder, "running", resumed_from_step=start_step)
 
 
 def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str | None]:
@@ -96,7 +99,7 @@ def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str |
             if events.worker_queue() is not None:
                 events.worker_queue().put((EVENT_WARNING, cell.cell_id, {"message": message}))
         store.write_json(folder / "env.json", env_record)
-        results = run_cell(cell.config, folder, env, hooks=worker_hooks(cell.cell_id))
+        results = run_cell(cell.config, folder, env, hooks=[*worker_hooks(cell.cell_id), ResumeRecord(folder)])
     except BaseException as err:  # noqa: BLE001 - a cell's failure must never stop the suite
         reason = f"{type(err).__name__}: {err}"
         store.write_status(folder, "failed", finished=time.time(), reason=reason, traceback=traceback.format_exc())
@@ -107,11 +110,29 @@ def execute_cell(cell: Cell, folder: Path, env: RunEnv) -> tuple[str, str, str |
 
 
 # -- the scheduler side ---------------------------------------------------------------------------
-def devices_for(workers: int, device: str) -> list[str]:
-    """One device per worker slot: visible GPUs round-robin under "auto", else the given device."""
-    if device == "auto" and torch.cuda.is_available():
-        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+def devices_for(workers: int, device: str, cells_per_gpu: int | None = None, gpus: int | None = None) -> list[str]:
+    """The device of each worker slot: visible GPUs round-robin under "auto", else the given device.
+
+    cells_per_gpu: K cells share one GPU: with G GPUs at most G * K slots ("auto"), or K on one
+        given GPU ("cuda", "cuda:1"); None: no limit. Nothing is limited on the CPU.
+    gpus: the number of visible GPUs (default: torch's count).
+    Returns: one device name per slot (fewer than ``workers`` when limited).
+    """
+    count = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if gpus is None else gpus
+    if device == "auto" and count:
+        slots = workers if cells_per_gpu is None else min(workers, count * cells_per_gpu)
+        return [f"cuda:{i % count}" for i in range(slots)]
+    if device.startswith("cuda") and cells_per_gpu is not None:
+        workers = min(workers, cells_per_gpu)
     return [("cpu" if device == "auto" else device)] * workers
+
+
+def device_slots(make_executor: Callable, workers: int, device: str, cells_per_gpu: int | None) -> list[str]:
+    """The device of each slot: ``devices_for`` for the local pool; an executor that places tasks
+    itself (``places_devices``, e.g. Dask by worker resources) gets the device as given."""
+    if getattr(make_executor, "places_devices", False):
+        return [device] * workers
+    return devices_for(workers, device, cells_per_gpu)
 
 
 def prepare_cells(cells: list[Cell], output: Path, suite: Suite, rerun: bool) -> tuple[list[Cell], list[str]]:
@@ -145,6 +166,10 @@ class Progress:
         self.free_positions = list(range(1, 65))
 
     def start(self, cell_id: str, total: int, step: int) -> None:
+        if cell_id in self.bars:  # started again (retried on another worker): its bar from the new step
+            self.bars[cell_id].reset(total)
+            self.bars[cell_id].update(step)
+            return
         position = self.free_positions.pop(0)
         self.bars[cell_id] = tqdm(total=total, initial=step, desc=cell_id[:48], unit="step", leave=False,
                                   position=position, disable=not self.enabled)
@@ -171,10 +196,11 @@ class Progress:
 
 def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1, env: RunEnv = RunEnv(),
               mirror: Mirror | None = None, rerun: bool = False, progress: bool = True,
-              executor: Callable = ProcessExecutor) -> SuiteSummary:
+              executor: Callable = ProcessExecutor, cells_per_gpu: int | None = None) -> SuiteSummary:
     """Run ``cells`` of ``suite`` into ``output`` (whose lock the caller holds); see the module docstring.
 
     ``executor(workers)`` makes where the cells run (``bench.executor``: submit, events, shutdown, close).
+    ``cells_per_gpu``: K cells share a GPU (``devices_for``); None: as many as ``workers``.
     """
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
@@ -184,26 +210,28 @@ def run_cells(suite: Suite, cells: list[Cell], output: Path, *, workers: int = 1
     bars = Progress(len(cells), len(summary.skipped), progress)
     try:
         if pending:
-            _run_pool(executor, pending, output, min(workers, len(pending)), env, bars, mirror, summary)
+            slots = device_slots(executor, min(workers, len(pending)), env.device, cells_per_gpu)
+            _run_pool(executor, pending, output, slots, env, bars, mirror, summary)
     finally:
         bars.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_pool(make_executor: Callable, pending: list[Cell], output: Path, workers: int, env: RunEnv,
+def _run_pool(make_executor: Callable, pending: list[Cell], output: Path, slots: list[str], env: RunEnv,
               bars: Progress, mirror: Mirror, summary: SuiteSummary) -> None:
-    slots = devices_for(workers, env.device)
+    """Run ``pending`` cells, one per slot at a time (``slots``: the device of each)."""
     todo = list(pending)
     running: dict[Future, tuple[Cell, int]] = {}
-    free = list(range(workers))
-    executor = make_executor(workers)
+    free = list(range(len(slots)))
+    executor = make_executor(len(slots))
     try:
         while todo or running:
             while todo and free:
                 cell, slot = todo.pop(0), free.pop(0)
                 cell_env = RunEnv(**{**env.__dict__, "device": slots[slot]})
-                future = executor.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env)
+                future = executor.submit(execute_cell, cell, store.cell_dir(output, cell.cell_id), cell_env,
+                                         key=cell.cell_id)
                 running[future] = (cell, slot)
             done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(executor, output, bars, mirror)
