@@ -270,8 +270,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_results(tmp_path):
     record = status(output, second)
     assert record["status"] == "completed" and record["attempts"] == 2
 
-    by_cell = cell_runs(mlflow_runs(output)[1])
+    _, runs = mlflow_runs(output)
+    assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed invocation's runs were ended
+    by_cell = cell_runs(runs)
     assert len(by_cell[first]) == 1  # not run again
+    killed = [r for r in by_cell[second] if r.info.status == "KILLED"]
+    resumed_run = next(r for r in by_cell[second] if r.info.status == "FINISHED")
+    if killed:  # the killed attempt's run (if its start event got through) is linked from the resumed one
+        assert resumed_run.data.tags["previous_run_id"] == killed[0].info.run_id
     # the killed attempt's run (if its start event got through) started at 0, the resumed one later
     started = sorted(int(r.data.tags["resumed_from_step"]) for r in by_cell[second])
     assert started[:-1] in ([], [0]) and 0 < started[-1] < 40
