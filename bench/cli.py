@@ -71,6 +71,7 @@ def cmd_run(args) -> int:
     suite, cells = _suite_parts(args)
     output = Path(args.output or DEFAULT_RUNS / suite.name)
     env = RunEnv(device=args.device, data_root=args.data_root, download=args.download, fid_weights=args.fid_weights,
+                 lpips_weights=args.lpips_weights,
                  threads=args.threads, deterministic=args.deterministic)
     options = RunOptions(output=output, results=Path(args.results or DEFAULT_RESULTS / suite.name), env=env,
                          workers=1 if args.workers is None else args.workers, rerun=args.rerun,
@@ -155,6 +156,7 @@ def cmd_tune(args) -> int:
     pairs = None if wanted is None else tuple(
         p for p in study_pairs(study) if any(w[0] in ("*", p[0]) and w[1] in ("*", p[1]) for w in wanted))
     env = RunEnv(device=args.device, data_root=args.data_root, download=args.download, fid_weights=args.fid_weights,
+                 lpips_weights=args.lpips_weights,
                  threads=args.threads, deterministic=args.deterministic)
     options = TuneOptions(output=Path(args.output or DEFAULT_RUNS / f"study-{study.name}"),
                           results=Path(args.results or DEFAULT_RESULTS / f"study-{study.name}"), env=env,
@@ -359,6 +361,8 @@ def _execution_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="dataset root (default $SQVAE_BENCH_DATA or ./data)")
     parser.add_argument("--download", action="store_true", help="download datasets that can be downloaded")
     parser.add_argument("--fid-weights", help="Inception weights file for FID (default $SQVAE_BENCH_INCEPTION_WEIGHTS or torch hub cache)")
+    parser.add_argument("--lpips-weights", help="AlexNet weights file for LPIPS (default $SQVAE_BENCH_LPIPS_WEIGHTS or "
+                        "torch hub cache; without them LPIPS is null with one warning)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--executor", choices=["local", "dask"], default="local",
                         help="local: worker processes on this machine (default); dask: tasks on a Dask cluster "

@@ -13,13 +13,11 @@ The CLI (``sqvae-bench run``) prints what this returns.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench import checks, store
+from bench import checks, interrupts, store
 from bench.errors import ConfigError
 from bench.executor import ProcessExecutor
 from bench.lock import OutputLock
@@ -79,23 +77,6 @@ def check_inputs(cells: list[Cell], options: RunOptions) -> None:
     checks.check_datasets([c.config for c in cells], options.env.data_root, options.env.download)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a cluster's preemption, `kill`) stops a suite like Ctrl-C: cells recorded, runs KILLED."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
     """Check, lock, track, run, mirror and tabulate; see the module docstring. Raises BenchError on bad input."""
     from bench.tables import write_tables
@@ -103,7 +84,7 @@ def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
     check_inputs(cells, options)
     uri = tracking_uri(options)
     options.output.mkdir(parents=True, exist_ok=True)
-    with OutputLock(options.output), _sigterm_as_interrupt():
+    with OutputLock(options.output), interrupts.deferred():
         store.clean_stale_tmp(options.output)
         tracker = open_tracker(uri, f"sqvae-bench/{suite.name}", options.tracking_optional) if uri else None
         mirror = Mirror(tracker, suite.name, options.output)

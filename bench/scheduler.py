@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from bench import events, numerics, store
+from bench import events, interrupts, numerics, store
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
 from bench.mirror import Mirror
@@ -227,6 +227,7 @@ def _run_pool(make_executor: Callable, pending: list[Cell], output: Path, slots:
     executor = make_executor(len(slots))
     try:
         while todo or running:
+            interrupts.check()
             while todo and free:
                 cell, slot = todo.pop(0), free.pop(0)
                 cell_env = RunEnv(**{**env.__dict__, "device": slots[slot]})

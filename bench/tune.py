@@ -39,7 +39,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from bench import checks, store
+from bench import checks, interrupts, store
 from bench.errors import BenchError, ConfigError
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
@@ -387,6 +387,7 @@ def _search(study, pairs: list[_Pair], storage, url: str, options: TuneOptions, 
     failed, turn = 0, 0
     try:
         while True:
+            interrupts.check()
             while len(running) < options.workers:
                 pair = _next_pair(pairs, turn)
                 if pair is None:
@@ -627,7 +628,8 @@ def tune(study, options: TuneOptions) -> TuneRun:
     if options.search:
         mirror.start({"study_file": str(study.source), "pairs": len(pairs), "trials": study.trials,
                       "workers": options.workers, "storage": url})
-        failed = _search(study, pairs, storage, url, options, mirror)
+        with interrupts.deferred():
+            failed = _search(study, pairs, storage, url, options, mirror)
     results = [summarize_pair(p) for p in pairs]
     plots = write_plots(study, pairs, options.results / "plots")
     mirror.log_plots(plots)
