@@ -13,12 +13,16 @@ The CLI (``sqvae-bench run``) prints what this returns.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from bench import checks, interrupts, store
+from bench.data import dataset_spec
 from bench.errors import ConfigError
+from bench.metrics.perceptual import warned_for_workers
 from bench.executor import ProcessExecutor
 from bench.lock import OutputLock
 from bench.mirror import Mirror, check_tracking_uri, open_tracker
@@ -84,7 +88,9 @@ def run_suite(suite: Suite, cells: list[Cell], options: RunOptions) -> SuiteRun:
     check_inputs(cells, options)
     uri = tracking_uri(options)
     options.output.mkdir(parents=True, exist_ok=True)
-    with OutputLock(options.output), interrupts.deferred():
+    images = any(dataset_spec(c.dataset, **c.config.data_options).kind == "image" for c in cells)
+    lpips_note = warned_for_workers(options.env.lpips_weights) if images else contextlib.nullcontext()
+    with OutputLock(options.output), interrupts.deferred(), lpips_note:  # the LPIPS note once, not per worker
         store.clean_stale_tmp(options.output)
         tracker = open_tracker(uri, f"sqvae-bench/{suite.name}", options.tracking_optional) if uri else None
         mirror = Mirror(tracker, suite.name, options.output)

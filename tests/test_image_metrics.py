@@ -199,3 +199,14 @@ def test_registry_holds_directions_decimals_and_kinds():
     assert "loss" not in table_metrics() and table_metrics()[:5] == ["mse", "sse", "psnr", "ssim", "lpips"]
     with pytest.raises(ValueError, match="kinds"):
         metrics.MetricInfo("x", True, "x", "x", kinds=("audio",))
+
+
+def test_a_suite_without_lpips_weights_says_so_once_not_once_per_worker(tmp_path, monkeypatch):
+    from tests.conftest import run_subprocess, write_suite
+
+    monkeypatch.setenv("SQVAE_BENCH_LPIPS_WEIGHTS", str(tmp_path / "no-alexnet.pth"))
+    suite = write_suite(tmp_path / "tiny.yaml")
+    done = run_subprocess(["run", suite, "--output", tmp_path / "runs", "--results", tmp_path / "results",
+                           "--workers", 2, "--no-progress", "--no-tracking"], cwd=tmp_path)
+    assert done.code == 0, done.err
+    assert (done.out + done.err).count("LPIPS is unavailable") == 1  # the client's note; no worker repeats it

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import os
+import contextlib
+import sys
 import warnings
 from pathlib import Path
 
@@ -58,11 +60,30 @@ def missing_weights_message(source: str, path: Path) -> str:
             f" --lpips-weights /path/to/{ALEXNET_WEIGHTS_FILE} or set {WEIGHTS_ENV_VAR}.")
 
 
+WARNED_ENV_VAR = "SQVAE_BENCH_LPIPS_WARNED"  # set by a client that has warned for its workers
+
+
 def _warn_once(message: str) -> None:
     global _missing_weights_warned
-    if not _missing_weights_warned:
+    if not _missing_weights_warned and not os.environ.get(WARNED_ENV_VAR):
         _missing_weights_warned = True
         warnings.warn(message, LPIPSUnavailableWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def warned_for_workers(weights_path: str | os.PathLike | None = None):
+    """In a client that starts workers: say once here that LPIPS will be null, and mark the environment
+    for the body (local workers inherit it) so each worker does not say it again."""
+    source, path = lpips_weights_location(weights_path)
+    if path.is_file() or os.environ.get(WARNED_ENV_VAR):
+        yield
+        return
+    print(f"sqvae-bench: warning: {missing_weights_message(source, path)}", file=sys.stderr)
+    os.environ[WARNED_ENV_VAR] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(WARNED_ENV_VAR, None)
 
 
 def _backbone_state(lpips_net: torch.nn.Module, weights: dict) -> dict:
