@@ -14,6 +14,7 @@ test split; ``run_cell`` is the two in a row, with the same numbers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,8 +125,12 @@ def run_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv =
     "history": per-epoch records, "seconds"}, and "compile_seconds" (the cold compile's wall time,
     summed over resumed processes) with ``train.compile``.
     """
+    started = time.perf_counter()
     with numerics(env.threads, env.deterministic):
-        return _test_cell(_fit_cell(config, workdir, env, hooks), config, workdir, env)
+        splits = _load(config, env, with_test=True)  # once: the fit takes train/val, the test its split
+        fit = _fit_cell(config, workdir, env, hooks, dataclasses.replace(splits, test=None))
+        results = _test_cell(fit, config, workdir, env, splits.test)
+    return {**results, "seconds": time.perf_counter() - started}  # the load included
 
 
 def fit_cell(config: RunConfig, workdir: str | Path | None = None, env: RunEnv = RunEnv(),
@@ -155,11 +160,17 @@ def test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None = None, en
 test_cell.__test__ = False  # pytest would collect it wherever a test module imports it by name
 
 
-def _fit_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks: Sequence[Hooks]) -> Fit:
+def _load(config: RunConfig, env: RunEnv, with_test: bool) -> Splits:
+    return load_dataset(config.dataset, root=env.data_root, download=env.download, with_test=with_test,
+                        **config.data_options)
+
+
+def _fit_cell(config: RunConfig, workdir: str | Path | None, env: RunEnv, hooks: Sequence[Hooks],
+              splits: Splits | None = None) -> Fit:
+    """``splits``: train/val already loaded (by ``run_cell``); else loaded here without the test split."""
     started = time.perf_counter()
     device = resolve_device(env.device)
-    splits = load_dataset(config.dataset, root=env.data_root, download=env.download, with_test=False,
-                          **config.data_options)
+    splits = splits if splits is not None else _load(config, env, with_test=False)
     seed_everything(config.seed)
     model = build_model(config.model, splits.spec, config.model_options).to(device)
     if workdir is not None:
@@ -177,11 +188,13 @@ def best_val_metrics(state: TrainState) -> dict[str, float]:
     return {key.removeprefix("val_"): value for key, value in record.items() if key.startswith("val_")}
 
 
-def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: RunEnv) -> dict:
+def _test_cell(fit: Fit, config: RunConfig, workdir: str | Path | None, env: RunEnv,
+               test: torch.Tensor | None = None) -> dict:
+    """``test``: the test split already loaded (by ``run_cell``); else loaded here."""
     started = time.perf_counter()
     spec, state = fit.splits.spec, fit.state
     device = resolve_device(env.device)
-    test = load_dataset(config.dataset, root=env.data_root, download=env.download, **config.data_options).test
+    test = test if test is not None else _load(config, env, with_test=True).test
     data = test.to(device)
     check_split(fit.model, data)
     want_fid = config.fid and spec.kind == "image"
