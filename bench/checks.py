@@ -27,6 +27,17 @@ DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _CUDA = re.compile(r"cuda(?::(\d+))?")
 
 
+def check_execution(device: str, output: str | Path, results: str | Path, counts: dict[str, int]) -> None:
+    """What every command that runs cells checks first: ``counts`` (option -> value) are >= 1, the
+    device exists, the output and table folders can be written."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1; got {value}")
+    check_device(device)
+    check_output_dir(output)
+    check_results_dir(results)
+
+
 def check_output_dir(path: str | Path) -> None:
     """Raise ConfigError unless ``--output`` is a folder this process can write in, or can create.
 

@@ -21,7 +21,6 @@ from typing import Callable
 
 from bench import checks, interrupts, store
 from bench.data import dataset_spec
-from bench.errors import ConfigError
 from bench.metrics.perceptual import warned_for_workers
 from bench.executor import ProcessExecutor
 from bench.lock import OutputLock
@@ -68,13 +67,9 @@ def tracking_uri(options: RunOptions) -> str | None:
 
 def check_inputs(cells: list[Cell], options: RunOptions) -> None:
     """Everything that can be checked before anything is created; raises BenchError."""
-    for name, value in (("--workers", options.workers), ("--threads", options.env.threads),
-                        ("--cells-per-gpu", 1 if options.cells_per_gpu is None else options.cells_per_gpu)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1; got {value}")
-    checks.check_device(options.env.device)
-    checks.check_output_dir(options.output)
-    checks.check_results_dir(options.results)
+    checks.check_execution(options.env.device, options.output, options.results, {
+        "--workers": options.workers, "--threads": options.env.threads,
+        "--cells-per-gpu": 1 if options.cells_per_gpu is None else options.cells_per_gpu})
     uri = tracking_uri(options)
     if uri is not None and not options.tracking_optional:
         check_tracking_uri(uri)  # a remote server that does not answer: exit 2 before the folder exists

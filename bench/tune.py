@@ -44,7 +44,7 @@ from bench.errors import BenchError, ConfigError
 from bench.executor import ProcessExecutor, TaskError, WorkerDied
 from bench.hooks import Hooks
 from bench.lifecycle import RunOptions, run_suite
-from bench.mirror import Guarded, open_tracker
+from bench.mirror import Guarded, check_tracking_uri, open_tracker
 from bench.numerics import numerics
 from bench.run import RunConfig, RunEnv, fit_cell
 from bench.scheduler import Progress, worker_hooks
@@ -593,15 +593,13 @@ def check_inputs(study, options: TuneOptions) -> list[tuple[str, str]]:
     from bench.study import pairs as study_pairs
     from bench.study import trial_config
 
-    for name, value in (("--workers", options.workers), ("--threads", options.env.threads)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1; got {value}")
+    checks.check_execution(options.env.device, options.output, options.results,
+                           {"--workers": options.workers, "--threads": options.env.threads})
     chosen = [p for p in study_pairs(study) if options.pairs is None or p in options.pairs]
     if not chosen:
         raise ConfigError(f"--only selects no (dataset, model) of study '{study.name}'")
-    checks.check_device(options.env.device)
-    checks.check_output_dir(options.output)
-    checks.check_results_dir(options.results)
+    if options.tracking and not options.tracking_optional:  # a server that does not answer: exit 2 before anything
+        check_tracking_uri(resolve_tracking_uri(options.tracking_uri, options.output))
     if options.untuned is not None and not (options.untuned / "cells").is_dir():
         raise ConfigError(f"--untuned {options.untuned}: holds no run (expected {options.untuned / 'cells'}/)")
     checks.check_datasets([trial_config(study, d, m, {}) for d, m in chosen], options.env.data_root, options.env.download)

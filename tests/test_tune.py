@@ -92,7 +92,8 @@ def test_tune_runs_the_budget_prunes_and_prints_the_tuned_table(tuned):
         assert trials[1].state == TrialState.PRUNED and trials[1].params == {"train.lr": 1.0e-9}
         assert list(trials[1].intermediate_values) == [1]  # pruned after its first epoch, not trained on
         best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-        assert best.value == pytest.approx(best.user_attrs["val_mse"])
+        # the objective is the validation MSE of the best epoch, as the pruning hook saw it after that epoch
+        assert best.value == best.intermediate_values[best.user_attrs["best_epoch"]]
     out = result.out
     assert "shapes/vqvae: " in out and " pruned" in out and "best trial" in out
     assert "| vqvae |" in out and "| sqvae-gauss-1 |" in out  # the final table
@@ -252,6 +253,18 @@ def test_dry_run_prints_the_spaces_and_creates_nothing(tmp_path):
     result = run_main(tune_args(study, tmp_path, "--dry-run"), cwd=tmp_path)
     assert result.code == 0, result.err
     assert "train.lr" in result.out and "mse" in result.out and "storage:" in result.out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreachable_tracking_server_stops_tune_before_anything_is_created(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    study = write_study(tmp_path / "tiny.yaml")
+    result = run_main(tune_args(study, tmp_path, "--tracking-uri", f"http://127.0.0.1:{port}"), cwd=tmp_path)
+    assert result.code == 2 and "--tracking-optional" in result.err
     assert not (tmp_path / "runs").exists()
 
 
